@@ -1,0 +1,120 @@
+"""Every default and every check on user settings, in frozen dataclasses that round-trip through JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bertclf.errors import UsageError
+
+# Column names tried, in order, when --text-column / --label-column are not given.
+TEXT_COLUMN_CANDIDATES = ("text", "sentence", "content", "review")
+LABEL_COLUMN_CANDIDATES = ("label", "labels", "target", "category")
+
+TRUNCATION_STRATEGIES = ("head", "tail", "head+tail")
+MIXED_PRECISION_MODES = ("auto", "no", "fp16", "bf16")
+METRICS_FOR_SELECTION = (
+    "accuracy",
+    "macro_f1",
+    "micro_f1",
+    "weighted_f1",
+    "macro_precision",
+    "macro_recall",
+    "mcc",
+    "loss",
+)
+
+
+def _check(condition: bool, flag: str, value: Any, requirement: str) -> None:
+    if not condition:
+        raise UsageError(f"Invalid value for {flag}: {value!r}. {requirement}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one `bertclf train` run. Field names match the CLI flags (`max_length` is `--max-length`)."""
+
+    train_file: Path
+    validation_file: Path | None = None
+    validation_split: float = 0.1  # used only without --validation; stratified and seeded
+    text_column: str | None = None  # None: first of TEXT_COLUMN_CANDIDATES found
+    label_column: str | None = None
+    model: str = "auto"  # auto: bert-base-chinese for mostly-Chinese data, else bert-base-uncased
+    output: Path | None = None  # None: runs/<data file stem>-<timestamp>
+    overwrite: bool = False
+    max_length: int = 128  # in tokens, [CLS] and [SEP] included
+    truncation: str = "head"
+    epochs: float = 3.0
+    max_steps: int | None = None  # optimizer steps; overrides --epochs when given
+    batch_size: int = 32
+    lr: float | None = None  # None ("auto"): picked from the model size, see model.auto_learning_rate
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    grad_accum: int = 1
+    max_grad_norm: float = 1.0
+    eval_every: int | None = None  # optimizer steps; None: once per epoch
+    early_stopping: int | None = None  # patience, in evaluations without improvement
+    metric: str = "macro_f1"  # selects the best checkpoint and drives early stopping
+    seed: int = 42
+    mixed_precision: str = "auto"
+    cpu: bool = False
+    encoding: str | None = None  # None: utf-8 (BOM or not), then gb18030
+    log_every: int = 50  # optimizer steps between train_log.jsonl lines
+    argv: tuple[str, ...] = field(default=(), compare=False)
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.validation_split < 1.0, "--validation-split", self.validation_split,
+               "Give a fraction between 0 and 1, for example 0.1.")
+        _check(8 <= self.max_length <= 8192, "--max-length", self.max_length, "Give 8 to 8192 tokens.")
+        _check(self.truncation in TRUNCATION_STRATEGIES, "--truncation", self.truncation,
+               f"Choose one of: {', '.join(TRUNCATION_STRATEGIES)}.")
+        _check(self.epochs > 0, "--epochs", self.epochs, "Give a positive number of epochs.")
+        _check(self.max_steps is None or self.max_steps > 0, "--max-steps", self.max_steps,
+               "Give a positive number of steps.")
+        _check(self.batch_size > 0, "--batch-size", self.batch_size, "Give a positive batch size.")
+        _check(self.lr is None or 0.0 < self.lr < 1.0, "--lr", self.lr,
+               "Give a rate such as 5e-5, or 'auto'.")
+        _check(self.weight_decay >= 0.0, "--weight-decay", self.weight_decay, "Give 0 or more.")
+        _check(0.0 <= self.warmup_ratio < 1.0, "--warmup-ratio", self.warmup_ratio, "Give 0 to 1.")
+        _check(self.grad_accum >= 1, "--grad-accum", self.grad_accum, "Give 1 or more.")
+        _check(self.max_grad_norm > 0.0, "--max-grad-norm", self.max_grad_norm, "Give a positive norm.")
+        _check(self.eval_every is None or self.eval_every > 0, "--eval-every", self.eval_every,
+               "Give a positive number of steps.")
+        _check(self.early_stopping is None or self.early_stopping > 0, "--early-stopping",
+               self.early_stopping, "Give a patience of 1 or more evaluations.")
+        _check(self.metric in METRICS_FOR_SELECTION, "--metric", self.metric,
+               f"Choose one of: {', '.join(METRICS_FOR_SELECTION)}.")
+        _check(self.mixed_precision in MIXED_PRECISION_MODES, "--mixed-precision", self.mixed_precision,
+               f"Choose one of: {', '.join(MIXED_PRECISION_MODES)}.")
+        _check(self.log_every > 0, "--log-every", self.log_every, "Give a positive number of steps.")
+
+    @property
+    def greater_is_better(self) -> bool:
+        return self.metric != "loss"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (paths as strings)."""
+        return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+                for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        for key in ("train_file", "validation_file", "output"):
+            if values.get(key) is not None:
+                values[key] = Path(values[key])
+        values["argv"] = tuple(values.get("argv", ()))
+        return cls(**values)
+
+
+def parse_learning_rate(value: str) -> float | None:
+    """`--lr auto` or a number; the CLI passes the text here so the message names the flag."""
+    if value.strip().lower() == "auto":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise UsageError(f"Invalid value for --lr: {value!r}. Give a rate such as 5e-5, or 'auto'.") from None

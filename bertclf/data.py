@@ -1,0 +1,370 @@
+"""Read labelled text files, validate them, and turn them into token ids and length-aware batches.
+
+Files are parsed with pandas (CSV/TSV) or the json module (JSON/JSONL), every value as a string: the
+loaders' defaults turn the texts "NA"/"None"/"null" into missing values and integer labels into floats
+(shared/research/reliability.md section 4), and the `datasets` CSV cache is keyed on mtime only, so it
+can serve stale rows. Bytes are decoded strictly by us, never with errors="replace".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from bertclf.config import LABEL_COLUMN_CANDIDATES, TEXT_COLUMN_CANDIDATES
+from bertclf.errors import DataError, InputMissingError, UsageError
+
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"}
+# Tried in this order: UTF-8 bytes also decode as GB18030 (into garbage), so UTF-8 must come first.
+AUTO_ENCODINGS = ("utf-8-sig", "gb18030")
+MAX_ROWS_LISTED = 5
+
+
+@dataclass
+class TextTable:
+    """A file read as strings: the columns, one list of values per column, and where it came from."""
+
+    path: Path
+    format: str
+    encoding: str
+    sha256: str
+    columns: list[str]
+    rows: list[dict[str, str]]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def column(self, name: str) -> list[str]:
+        return [row[name] for row in self.rows]
+
+    def describe(self) -> dict[str, str]:
+        return {"path": str(self.path), "format": self.format, "encoding": self.encoding, "sha256": self.sha256,
+                "rows": str(len(self.rows))}
+
+
+def _rows_list(numbers: list[int]) -> str:
+    shown = ", ".join(str(n) for n in numbers[:MAX_ROWS_LISTED])
+    return shown + (f" and {len(numbers) - MAX_ROWS_LISTED} more" if len(numbers) > MAX_ROWS_LISTED else "")
+
+
+def detect_format(path: Path, override: str | None = None) -> str:
+    if override:
+        if override not in set(FORMATS.values()):
+            raise UsageError(f"Invalid value for --format: {override!r}. Choose one of: csv, tsv, json, jsonl.")
+        return override
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise DataError(
+            f"{path}: cannot tell the file format from the extension {path.suffix or '(none)'!r}.",
+            hint="Name the file .csv, .tsv, .json or .jsonl, or pass --format.",
+        )
+    return fmt
+
+
+def decode_bytes(path: Path, raw: bytes, encoding: str | None) -> tuple[str, str]:
+    """Decode strictly; returns (text, encoding used). Never replaces undecodable bytes."""
+    if encoding:
+        try:
+            return raw.decode(encoding), encoding
+        except LookupError:
+            raise UsageError(f"Invalid value for --encoding: {encoding!r} is not a known encoding.") from None
+        except UnicodeDecodeError as exc:
+            raise DataError(
+                f"{path}: not valid {encoding} at byte {exc.start}: {exc.reason}.",
+                hint="Check --encoding, or leave it out to try UTF-8 and then GB18030.",
+            ) from None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16 with a BOM (Excel "Unicode text")
+        try:
+            return raw.decode("utf-16"), "utf-16"
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: has a UTF-16 BOM but is not valid UTF-16 at byte {exc.start}.") from None
+    first_error: UnicodeDecodeError | None = None
+    for candidate in AUTO_ENCODINGS:
+        try:
+            return raw.decode(candidate), candidate
+        except UnicodeDecodeError as exc:
+            first_error = first_error or exc
+    assert first_error is not None
+    line = raw[: first_error.start].count(b"\n") + 1
+    raise DataError(
+        f"{path}: line {line}, byte {first_error.start}: neither UTF-8 nor GB18030 can decode this file.",
+        hint="Save it as UTF-8, or pass --encoding with its real encoding (for example --encoding big5).",
+    )
+
+
+def read_table(path: Path, *, encoding: str | None = None, fmt: str | None = None) -> TextTable:
+    """Read a CSV/TSV/JSON/JSONL file with every value as a string."""
+    path = Path(path)
+    if not path.exists():
+        raise InputMissingError(f"{path}: no such file.", hint="Check the path.")
+    if path.is_dir():
+        raise InputMissingError(f"{path}: is a directory, expected a data file.")
+    fmt = detect_format(path, fmt)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InputMissingError(f"{path}: cannot be read ({exc.strerror}).") from None
+    if not raw.strip():
+        raise DataError(f"{path}: the file is empty.", hint="Give a file with a header and at least one row.")
+    if b"\x00" in raw[:8192] and not raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError(f"{path}: looks like a binary file, not {fmt.upper()} text.",
+                        hint="Check that you passed the right file.")
+    text, used_encoding = decode_bytes(path, raw, encoding)
+    sha = hashlib.sha256(raw).hexdigest()
+    if fmt in ("csv", "tsv"):
+        columns, rows = _parse_delimited(path, text, "," if fmt == "csv" else "\t")
+    else:
+        columns, rows = _parse_json(path, text, fmt)
+    return TextTable(path=path, format=fmt, encoding=used_encoding, sha256=sha, columns=columns, rows=rows)
+
+
+def _parse_delimited(path: Path, text: str, sep: str) -> tuple[list[str], list[dict[str, str]]]:
+    try:
+        frame = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, na_filter=False,
+                            skip_blank_lines=True)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: no header row found.") from None
+    except pd.errors.ParserError as exc:
+        raise DataError(
+            f"{path}: malformed {'CSV' if sep == ',' else 'TSV'}: {str(exc).strip()}.",
+            hint="Quote fields that contain the separator, a quote or a line break, and give every row "
+            "the same number of fields.",
+        ) from None
+    columns = [str(c) for c in frame.columns]
+    mangled = [c for c in columns if c.rsplit(".", 1)[0] in columns and c.rsplit(".", 1)[-1].isdigit()]
+    if mangled:
+        raise DataError(f"{path}: duplicate column names in the header ({', '.join(mangled)}).",
+                        hint="Give every column a distinct name.")
+    if frame.empty:
+        raise DataError(f"{path}: has a header but no data rows.")
+    return columns, frame.to_dict(orient="records")
+
+
+def _json_value(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+    return json.dumps(value, ensure_ascii=False)  # lists (multi-label), nested objects
+
+
+def _parse_json(path: Path, text: str, fmt: str) -> tuple[list[str], list[dict[str, str]]]:
+    records: list[object] = []
+    if fmt == "jsonl":
+        for line_number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}: line {line_number} is not valid JSON ({exc.msg}).",
+                                hint="Write one JSON object per line.") from None
+    else:
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: not valid JSON at line {exc.lineno} ({exc.msg}).",
+                            hint="Give a JSON array of objects, or use a .jsonl file.") from None
+        if not isinstance(document, list):
+            raise DataError(f"{path}: expected a JSON array of objects, found {type(document).__name__}.")
+        records = document
+    if not records:
+        raise DataError(f"{path}: has no records.")
+    columns: list[str] = []
+    rows: list[dict[str, str]] = []
+    for number, record in enumerate(records, start=1):
+        if not isinstance(record, dict):
+            raise DataError(f"{path}: record {number} is a {type(record).__name__}, expected an object.")
+        for key in record:
+            if key not in columns:
+                columns.append(key)
+        rows.append({str(k): _json_value(v) for k, v in record.items()})
+    for row in rows:
+        for column in columns:
+            row.setdefault(column, "")
+    return columns, rows
+
+
+def pick_column(table: TextTable, requested: str | None, candidates: tuple[str, ...], flag: str) -> str:
+    """The column named by the flag, else the first default name present (case-insensitive)."""
+    if requested is not None:
+        if requested in table.columns:
+            return requested
+        raise DataError(f"{table.path}: no column {requested!r}. Columns found: {', '.join(table.columns)}.",
+                        hint=f"Pass the right name with {flag}.")
+    lowered = {c.lower().strip(): c for c in table.columns}
+    for name in candidates:
+        if name in lowered:
+            return lowered[name]
+    raise DataError(
+        f"{table.path}: none of the default column names ({', '.join(candidates)}) was found. "
+        f"Columns found: {', '.join(table.columns)}.",
+        hint=f"Choose the column with {flag}.",
+    )
+
+
+@dataclass
+class LabelledData:
+    """Texts and string labels taken from one file, with the columns they came from."""
+
+    table: TextTable
+    text_column: str
+    label_column: str
+    texts: list[str]
+    labels: list[str]
+    row_numbers: list[int] = field(default_factory=list)  # 1-based data rows of the file
+
+
+def read_labelled(path: Path, *, text_column: str | None, label_column: str | None,
+                  encoding: str | None = None, fmt: str | None = None) -> LabelledData:
+    """Read a file and check that every row has a non-empty text and label."""
+    table = read_table(path, encoding=encoding, fmt=fmt)
+    text_col = pick_column(table, text_column, TEXT_COLUMN_CANDIDATES, "--text-column")
+    label_col = pick_column(table, label_column, LABEL_COLUMN_CANDIDATES, "--label-column")
+    if text_col == label_col:
+        raise UsageError(f"The text and label columns are the same ({text_col!r}).",
+                         hint="Pass different --text-column and --label-column.")
+    texts = table.column(text_col)
+    labels = [label.strip() for label in table.column(label_col)]
+    empty_texts = [i + 1 for i, t in enumerate(texts) if not t.strip()]
+    if empty_texts:
+        raise DataError(f"{path}: {len(empty_texts)} row(s) have an empty {text_col!r} text: "
+                        f"rows {_rows_list(empty_texts)}.", hint="Fill in or remove those rows.")
+    empty_labels = [i + 1 for i, label in enumerate(labels) if not label]
+    if empty_labels:
+        raise DataError(f"{path}: {len(empty_labels)} row(s) have no {label_col!r} label: "
+                        f"rows {_rows_list(empty_labels)}.", hint="Label those rows or remove them.")
+    return LabelledData(table, text_col, label_col, texts, labels, list(range(1, len(texts) + 1)))
+
+
+def sorted_labels(labels: list[str]) -> list[str]:
+    """A stable label order: numeric order for integer labels ("2" before "10"), else alphabetical."""
+    unique = set(labels)
+    if all(label.lstrip("-").isdigit() for label in unique):
+        return sorted(unique, key=lambda label: (int(label), label))
+    return sorted(unique)
+
+
+def check_label_set(data: LabelledData) -> list[str]:
+    label_list = sorted_labels(data.labels)
+    if len(label_list) < 2:
+        raise DataError(
+            f"{data.table.path}: column {data.label_column!r} holds a single label ({label_list[0]!r}); "
+            "a classifier needs at least two.",
+            hint="Check --label-column, or add examples of the other classes.",
+        )
+    return label_list
+
+
+def unknown_labels(labels: list[str], known: list[str]) -> Counter:
+    known_set = set(known)
+    return Counter(label for label in labels if label not in known_set)
+
+
+def stratified_split(labels: list[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices (train, validation): a seeded split that keeps each label's share, rare labels kept in train."""
+    from sklearn.model_selection import train_test_split
+
+    counts = Counter(labels)
+    indices = list(range(len(labels)))
+    splittable = [i for i in indices if counts[labels[i]] >= 2]
+    singletons = [i for i in indices if counts[labels[i]] < 2]
+    n_val = max(len(set(labels[i] for i in splittable)), round(fraction * len(splittable)))
+    if n_val >= len(splittable):
+        raise DataError(f"Too few rows ({len(labels)}) to hold out a validation split.",
+                        hint="Add rows, or pass --validation FILE.")
+    train_idx, val_idx = train_test_split(splittable, test_size=n_val, random_state=seed,
+                                          stratify=[labels[i] for i in splittable])
+    return sorted(train_idx + singletons), sorted(val_idx)
+
+
+def cjk_share(texts: list[str], sample: int = 2000) -> float:
+    """Share of letters that are CJK ideographs, over a sample of texts (for --model auto)."""
+    letters = cjk = 0
+    for text in texts[:sample]:
+        for char in text:
+            if char.isalpha():
+                letters += 1
+                if "CJK" in unicodedata.name(char, ""):
+                    cjk += 1
+    return cjk / letters if letters else 0.0
+
+
+@dataclass
+class Encoded:
+    """Token ids per text (with [CLS]/[SEP]) and how many texts were cut to fit max_length."""
+
+    input_ids: list[list[int]]
+    truncated: int
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(ids) for ids in self.input_ids]
+
+
+def encode_texts(tokenizer, texts: list[str], max_length: int, truncation: str = "head",
+                 batch_size: int = 1000) -> Encoded:
+    """Tokenize without padding, then cut each text to max_length by the truncation strategy.
+
+    The same function serves train, eval and predict, so a text is always cut the same way.
+    head keeps the first tokens, tail the last, head+tail a quarter from the start and the rest
+    from the end (Sun et al. 2019, "How to Fine-Tune BERT for Text Classification?").
+    """
+    budget = max_length - 2  # room for [CLS] and [SEP]
+    cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
+    all_ids: list[list[int]] = []
+    truncated = 0
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start : start + batch_size]
+        pieces = tokenizer(chunk, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+        for ids in pieces:
+            if len(ids) > budget:
+                truncated += 1
+                if truncation == "head":
+                    ids = ids[:budget]
+                elif truncation == "tail":
+                    ids = ids[-budget:]
+                else:
+                    head = budget // 4
+                    ids = ids[:head] + ids[len(ids) - (budget - head):]
+            all_ids.append([cls_id, *ids, sep_id])
+    return Encoded(all_ids, truncated)
+
+
+class EncodedDataset:
+    """Map-style dataset of encoded texts (and label ids), as dicts the padding collator understands."""
+
+    def __init__(self, encoded: Encoded, label_ids: list[int] | None = None):
+        self.encoded = encoded
+        self.label_ids = label_ids
+
+    def __len__(self) -> int:
+        return len(self.encoded)
+
+    def __getitem__(self, index: int) -> dict:
+        ids = self.encoded.input_ids[index]
+        item = {"input_ids": ids, "attention_mask": [1] * len(ids), "token_type_ids": [0] * len(ids)}
+        if self.label_ids is not None:
+            item["labels"] = self.label_ids[index]
+        return item
+
+
+def padding_collator(tokenizer):
+    """Pads each batch to its own longest text (dynamic padding), not to max_length."""
+    from transformers import DataCollatorWithPadding
+
+    return DataCollatorWithPadding(tokenizer, return_tensors="pt")

@@ -1,0 +1,381 @@
+"""`bertclf train`: the accelerate training loop, from data files to a self-describing run directory."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from bertclf import console
+from bertclf.config import TrainConfig
+from bertclf.data import (
+    EncodedDataset,
+    LabelledData,
+    check_label_set,
+    encode_texts,
+    padding_collator,
+    read_labelled,
+    stratified_split,
+    unknown_labels,
+)
+from bertclf.errors import DataError, DivergedError, OutputError, UsageError
+from bertclf.metrics import scalar_metrics
+from bertclf.runinfo import MANIFEST, base_manifest, model_card, write_json_atomic
+
+# Files a run writes; --overwrite removes these (and only these) from an earlier run in the same place.
+RUN_FILES = ("config.json", "model.safetensors", "vocab.txt", "tokenizer.json", "tokenizer_config.json",
+             "special_tokens_map.json", MANIFEST, "metrics.json", "train_log.jsonl", "README.md")
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    best_step: int
+    best_metric: float
+    metric: str
+    validation_metrics: dict[str, Any]
+    steps: int
+    epochs: float
+    train_seconds: float
+    samples_per_second: float
+    manifest: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """The `--json` document."""
+        return {
+            "run_dir": str(self.output_dir),
+            "best_step": self.best_step,
+            "metric": self.metric,
+            "best_metric": self.best_metric,
+            "validation_metrics": self.validation_metrics,
+            "steps": self.steps,
+            "epochs": round(self.epochs, 4),
+            "timings": {"train_seconds": round(self.train_seconds, 2),
+                        "samples_per_second": round(self.samples_per_second, 2)},
+        }
+
+
+def default_output_dir(train_file: Path) -> Path:
+    return Path("runs") / f"{train_file.stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def prepare_output_dir(output: Path, overwrite: bool) -> None:
+    """Refuse to mix two runs in one directory unless --overwrite; fail early (exit 74) if unwritable."""
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"--output {output} exists and is not a directory.")
+    if output.is_dir() and any(output.iterdir()):
+        if not overwrite:
+            raise UsageError(f"--output {output} is not empty.",
+                             hint="Choose another directory, or pass --overwrite to replace the run in it.")
+        for name in RUN_FILES:
+            (output / name).unlink(missing_ok=True)
+        shutil.rmtree(output / "checkpoints", ignore_errors=True)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        probe = output / ".bertclf-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(f"Cannot write to --output {output}: {exc.strerror or exc}.",
+                          hint="Choose a writable directory.") from None
+
+
+def resolve_mixed_precision(requested: str, use_cpu: bool) -> str:
+    """auto: bf16 on GPUs that support it, fp16 on older GPUs, and on a CPU only with native bf16 (AMX or
+    AVX512-BF16): elsewhere CPU bf16 is emulated and 8x slower (shared/research/performance.md)."""
+    import torch
+
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available() and not use_cpu:
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        flags = ""
+    return "bf16" if ("amx_bf16" in flags or "avx512_bf16" in flags) else "no"
+
+
+def _load_splits(config: TrainConfig) -> tuple[LabelledData, list[int], LabelledData | None, list[int], list[str]]:
+    """Read and validate all data before any model loads. Returns the train data with the row indices used
+    for training, the validation data (None when split from train) with its indices, and the label list."""
+    train_data = read_labelled(config.train_file, text_column=config.text_column,
+                               label_column=config.label_column, encoding=config.encoding)
+    labels = check_label_set(train_data)
+    if config.validation_file is None:
+        train_idx, val_idx = stratified_split(train_data.labels, config.validation_split, config.seed)
+        return train_data, train_idx, None, val_idx, labels
+    val_data = read_labelled(config.validation_file, text_column=config.text_column or train_data.text_column,
+                             label_column=config.label_column or train_data.label_column,
+                             encoding=config.encoding)
+    unseen = unknown_labels(val_data.labels, labels)
+    if unseen:
+        listed = ", ".join(f"{label!r} ({count})" for label, count in unseen.most_common())
+        raise DataError(f"{config.validation_file}: labels not present in the training data: {listed}.",
+                        hint="Add training examples for them, or remove those rows from the validation file.")
+    return train_data, list(range(len(train_data.texts))), val_data, list(range(len(val_data.texts))), labels
+
+
+def _build_optimizer(model, config: TrainConfig, lr: float):
+    import torch
+
+    # No weight decay on biases and LayerNorm weights, as in the original BERT recipe.
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(param)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    try:  # the fused kernel is about 3x faster per step on CPU (performance.md)
+        return torch.optim.AdamW(groups, lr=lr, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(groups, lr=lr)
+
+
+class _Logger:
+    """train_log.jsonl lines (main process only) and progress on stderr."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.enabled = enabled
+        self.file = path.open("w", encoding="utf-8") if enabled else None
+
+    def write(self, record: dict) -> None:
+        if self.file is not None:
+            self.file.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Fine-tune a BERT classifier as configured and write the run directory. Returns its summary."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    started = time.perf_counter()
+    train_data, train_idx, val_data, val_idx, labels = _load_splits(config)
+    output = config.output or default_output_dir(config.train_file)
+
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import get_linear_schedule_with_warmup
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from bertclf.evaluation import predict_logits, score_logits
+    from bertclf.model import auto_learning_rate, load_for_training, resolve_model, usable_max_length
+
+    mixed_precision = resolve_mixed_precision(config.mixed_precision, config.cpu)
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=config.cpu,
+                              gradient_accumulation_steps=config.grad_accum)
+    is_main = accelerator.is_main_process
+    if is_main:
+        prepare_output_dir(output, config.overwrite)
+    accelerator.wait_for_everyone()
+    set_seed(config.seed)
+
+    train_texts = [train_data.texts[i] for i in train_idx]
+    train_label_ids = [labels.index(train_data.labels[i]) for i in train_idx]
+    val_source = val_data if val_data is not None else train_data
+    val_texts = [val_source.texts[i] for i in val_idx]
+    val_label_ids = [labels.index(val_source.labels[i]) for i in val_idx]
+
+    resolved = resolve_model(config.model, train_texts)
+    if is_main:
+        console.info(f"Model [bold]{resolved.name}[/bold] ({resolved.source}"
+                     f"{', ' + str(resolved.path) if resolved.path else ''})")
+    with accelerator.main_process_first():
+        tokenizer, model = load_for_training(resolved, labels, train_texts, config.max_length,
+                                             output / ".scratch-vocab")
+    max_length = usable_max_length(model, config.max_length)
+    train_encoded = encode_texts(tokenizer, train_texts, max_length, config.truncation)
+    val_encoded = encode_texts(tokenizer, val_texts, max_length, config.truncation)
+    lr = config.lr if config.lr is not None else auto_learning_rate(model, resolved.source)
+
+    # Length-grouped batches: texts of similar length share a batch, so padding stays small.
+    generator = torch.Generator().manual_seed(config.seed)
+    sampler = LengthGroupedSampler(config.batch_size, lengths=train_encoded.lengths, generator=generator)
+    train_loader = torch.utils.data.DataLoader(EncodedDataset(train_encoded, train_label_ids),
+                                               batch_size=config.batch_size, sampler=sampler,
+                                               collate_fn=padding_collator(tokenizer))
+    optimizer = _build_optimizer(model, config, lr)
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    steps_per_epoch = max(1, math.ceil(len(train_loader) / config.grad_accum))
+    total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+    # The scheduler is stepped by hand once per optimizer step (not prepared: accelerate would step it
+    # once per process).
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
+    eval_every = config.eval_every or steps_per_epoch
+
+    manifest = base_manifest(config.argv)
+    manifest.update({
+        "config": config.to_dict(),
+        "labels": labels,
+        "text_column": train_data.text_column,
+        "label_column": train_data.label_column,
+        "max_length": max_length,
+        "truncation": config.truncation,
+        "model": resolved.describe(),
+        "learning_rate": lr,
+        "learning_rate_source": "auto" if config.lr is None else "--lr",
+        "mixed_precision": mixed_precision,
+        "device": str(accelerator.device),
+        "world_size": accelerator.num_processes,
+        "seed": config.seed,
+        "threads": torch.get_num_threads(),
+        "data": {"train": train_data.table.describe(),
+                 "validation": val_data.table.describe() if val_data else None},
+        "validation_source": str(config.validation_file) if val_data else
+        f"{config.validation_split:.0%} stratified split of the training file (seed {config.seed})",
+        "train_rows": len(train_texts),
+        "validation_rows": len(val_texts),
+        "truncated": {"train": train_encoded.truncated, "validation": val_encoded.truncated},
+        "steps": {"total": total_steps, "per_epoch": steps_per_epoch},
+        "metric": config.metric,
+    })
+    if is_main:
+        write_json_atomic(output / MANIFEST, manifest)
+        tokenizer.save_pretrained(str(output))
+        shutil.rmtree(output / ".scratch-vocab", ignore_errors=True)
+        n_params = sum(p.numel() for p in model.parameters())
+        console.info(
+            f"Training on {len(train_texts)} rows, validating on {len(val_texts)}; {len(labels)} labels; "
+            f"{n_params / 1e6:.1f}M parameters; {total_steps} steps of {config.batch_size * config.grad_accum}"
+            f"{' x ' + str(accelerator.num_processes) + ' processes' if accelerator.num_processes > 1 else ''}; "
+            f"lr {lr:g} ({manifest['learning_rate_source']}); device {accelerator.device}, "
+            f"precision {mixed_precision}")
+        for split, count, total in (("train", train_encoded.truncated, len(train_texts)),
+                                    ("validation", val_encoded.truncated, len(val_texts))):
+            if count:
+                console.info(f"{count} of {total} {split} texts ({count / total:.1%}) exceed {max_length} tokens "
+                             f"and are truncated ({config.truncation}).")
+
+    log = _Logger(output / "train_log.jsonl", is_main)
+    best_value: float | None = None
+    best_step = 0
+    best_metrics: dict[str, Any] = {}
+    evals_without_improvement = 0
+    step = 0
+    samples_seen = 0
+    train_seconds = 0.0
+    loss_sum, loss_count = 0.0, 0
+    window_start, window_samples = time.perf_counter(), 0
+    stop = False
+
+    def evaluate_and_keep_best() -> None:
+        nonlocal best_value, best_step, best_metrics, evals_without_improvement, stop
+        logits = predict_logits(accelerator.unwrap_model(model), tokenizer, val_encoded, config.batch_size * 2,
+                                accelerator=accelerator)
+        import numpy as np
+
+        metrics = score_logits(logits, np.asarray(val_label_ids), labels)
+        value = metrics[config.metric]
+        improved = best_value is None or (value > best_value if config.greater_is_better else value < best_value)
+        if improved:
+            best_value, best_step, best_metrics = value, step, metrics
+            evals_without_improvement = 0
+            unwrapped = accelerator.unwrap_model(model)
+            if is_main:  # the run directory always holds the best model so far
+                unwrapped.save_pretrained(str(output), safe_serialization=True,
+                                          state_dict=accelerator.get_state_dict(model))
+        else:
+            evals_without_improvement += 1
+            if config.early_stopping and evals_without_improvement >= config.early_stopping:
+                stop = True
+        log.write({"type": "eval", "step": step, "epoch": round(step / steps_per_epoch, 4),
+                   **{f"val_{k}": v for k, v in scalar_metrics(metrics).items()}, "best": improved})
+        if is_main:
+            console.info(f"step {step}/{total_steps} (epoch {step / steps_per_epoch:.2f}): validation "
+                         f"{config.metric} {value:.4f}, accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}"
+                         f"{'  [green]best[/green]' if improved else ''}"
+                         f"{'  early stop' if stop else ''}")
+
+    progress = console.make_progress() if is_main else None
+    task = progress.add_task("training", total=total_steps, status="") if progress else None
+    if progress:
+        progress.start()
+    model.train()
+    epoch = 0
+    try:
+        while step < total_steps and not stop:
+            sampler.generator.manual_seed(config.seed + epoch)  # a fresh, reproducible order every epoch
+            tick = time.perf_counter()
+            for batch in train_loader:
+                with accelerator.accumulate(model):
+                    loss = model(**batch).loss
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad()
+                loss_sum += loss.detach().float().item()
+                loss_count += 1
+                batch_samples = batch["input_ids"].shape[0] * accelerator.num_processes
+                samples_seen += batch_samples
+                window_samples += batch_samples
+                if not accelerator.sync_gradients:
+                    continue
+                scheduler.step()
+                step += 1
+                if not math.isfinite(loss_sum):
+                    raise DivergedError(f"The training loss became {loss_sum} at step {step}.",
+                                        hint="Lower --lr, or check the data for extreme inputs.")
+                if step % config.log_every == 0 or step == total_steps:
+                    now = time.perf_counter()
+                    rate = window_samples / max(now - window_start, 1e-9)
+                    log.write({"type": "train", "step": step, "epoch": round(step / steps_per_epoch, 4),
+                               "loss": loss_sum / loss_count, "learning_rate": scheduler.get_last_lr()[0],
+                               "samples_per_second": round(rate, 2)})
+                    if progress:
+                        progress.update(task, status=f"loss {loss_sum / loss_count:.4f}  "
+                                        f"lr {scheduler.get_last_lr()[0]:.2e}  {rate:.1f} samples/s")
+                    loss_sum, loss_count = 0.0, 0
+                    window_start, window_samples = now, 0
+                if progress:
+                    progress.update(task, completed=step,
+                                    description=f"epoch {step / steps_per_epoch:.2f}")
+                if step % eval_every == 0 or step == total_steps:
+                    train_seconds += time.perf_counter() - tick
+                    evaluate_and_keep_best()
+                    tick = time.perf_counter()
+                    window_start = time.perf_counter()
+                if step >= total_steps or stop:
+                    break
+            train_seconds += time.perf_counter() - tick
+            epoch += 1
+    finally:
+        if progress:
+            progress.stop()
+        log.close()
+
+    accelerator.wait_for_everyone()
+    manifest.update({
+        "completed": True,
+        "best_step": best_step,
+        "best_metric": {config.metric: best_value},
+        "steps_done": step,
+        "stopped_early": stop,
+        "timings": {"train_seconds": round(train_seconds, 2), "total_seconds": round(time.perf_counter() - started, 2),
+                    "samples_per_second": round(samples_seen / max(train_seconds, 1e-9), 2)},
+    })
+    if is_main:
+        write_json_atomic(output / "metrics.json", {"split": "validation", "step": best_step, **best_metrics})
+        (output / "README.md").write_text(model_card(manifest, best_metrics), encoding="utf-8")
+        write_json_atomic(output / MANIFEST, manifest)  # last: completed=true means everything else is there
+    accelerator.end_training()
+    return TrainResult(
+        output_dir=output,
+        best_step=best_step,
+        best_metric=float(best_value if best_value is not None else float("nan")),
+        metric=config.metric,
+        validation_metrics=best_metrics,
+        steps=step,
+        epochs=step / steps_per_epoch,
+        train_seconds=train_seconds,
+        samples_per_second=samples_seen / max(train_seconds, 1e-9),
+        manifest=manifest,
+    )
