@@ -15,8 +15,8 @@ from typing import Annotated
 import typer
 
 from bertclf import __version__, console
-from bertclf.config import TrainConfig, parse_learning_rate
-from bertclf.errors import EXIT_INTERNAL, EXIT_IO, EXIT_SIGINT, BertclfError, UsageError
+from bertclf.config import EvalConfig, TrainConfig, parse_gates, parse_learning_rate
+from bertclf.errors import EXIT_INTERNAL, EXIT_IO, EXIT_SIGINT, BertclfError, QualityGateError, UsageError
 
 app = typer.Typer(
     name="bertclf",
@@ -171,6 +171,208 @@ def train(
         title=f"Validation metrics, best step {result.best_step} of {result.steps}"))
     console.out.print(f"Run saved to [bold]{result.output_dir}[/bold]  "
                       f"({result.train_seconds:.0f} s training, {result.samples_per_second:.1f} samples/s)")
+
+
+# ---------------------------------------------------------------------------------------------- eval
+GATE_METRICS = ("accuracy", "macro_f1", "micro_f1", "weighted_f1", "macro_precision", "macro_recall",
+                "weighted_precision", "weighted_recall", "micro_precision", "micro_recall", "mcc", "roc_auc")
+
+
+@app.command("eval")
+def eval_command(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory written by `bertclf train`.", show_default=False)],
+    data: Annotated[Path, typer.Argument(help="Labelled file to score (CSV, TSV, JSON, JSONL).", show_default=False)],
+    text_column: Annotated[str | None, typer.Option(help="Text column. Default: the one used in training.")] = None,
+    label_column: Annotated[str | None, typer.Option(help="Label column. Default: the one used in training.")]
+    = None,
+    batch_size: Annotated[int, typer.Option(help="Texts per batch.")] = 64,
+    max_length: Annotated[int | None, typer.Option(help="Override the run's max length (tokens).")] = None,
+    truncation: Annotated[str | None, typer.Option(help="Override the run's truncation: head, tail, head+tail.")]
+    = None,
+    encoding: Annotated[str | None, typer.Option(help="File encoding. Default: UTF-8, then GB18030.")] = None,
+    fail_under: Annotated[list[str] | None, typer.Option(metavar="METRIC=VALUE", help="Exit 1 when METRIC is below "
+                          "VALUE, e.g. macro_f1=0.85. Repeatable.")] = None,
+    ignore_unknown_labels: Annotated[bool, typer.Option(help="Leave out rows whose label the model never saw "
+                                     "(default: error, exit 65).")] = False,
+    output: Annotated[Path | None, typer.Option("--output", "--report-dir", "-o", help="Write metrics.json, "
+                      "confusion_matrix.csv/.png and errors.csv here.")] = None,
+    cpu: Annotated[bool, typer.Option(help="Run on the CPU even if a GPU is present.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
+) -> None:
+    """Score a trained run on a labelled file: accuracy, precision/recall/F1, MCC, ROC-AUC, per class.
+
+    Examples:
+
+        bertclf eval runs/topics examples/en_topics_test.csv
+
+        bertclf eval runs/topics test.csv --fail-under macro_f1=0.85 --json > report.json
+    """
+    with user_errors():
+        gates = parse_gates(fail_under or [], GATE_METRICS)
+        config = EvalConfig(run_dir=run_dir, data_file=data, text_column=text_column, label_column=label_column,
+                            batch_size=batch_size, max_length=max_length, truncation=truncation, encoding=encoding,
+                            cpu=cpu, ignore_unknown_labels=ignore_unknown_labels, report_dir=output)
+        from bertclf.evaluation import evaluate
+
+        report = evaluate(config)
+        if output is not None:
+            from bertclf.report import write_report
+
+            write_report(report, output)
+        failures = _failed_gates(report["metrics"], gates)
+        report["gates"] = {name: {"threshold": threshold, "value": report["metrics"].get(name),
+                                  "passed": name not in failures} for name, threshold in gates.items()}
+        if json_output:
+            console.print_json({k: v for k, v in report.items() if k != "errors"})
+        else:
+            _render_eval(report)
+        if output is not None:
+            console.info(f"Report written to {output}")
+        if failures:
+            raise QualityGateError("Quality gate failed: " + "; ".join(failures) + ".")
+
+
+def _failed_gates(metrics: dict, gates: dict[str, float]) -> dict[str, str]:
+    failures = {}
+    for name, threshold in gates.items():
+        value = metrics.get(name)
+        if value is None:
+            failures[name] = f"{name} is undefined on this data (needed >= {threshold})"
+        elif value < threshold:
+            failures[name] = f"{name} {value:.4f} < {threshold} (short by {threshold - value:.4f})"
+    return failures
+
+
+def _render_eval(report: dict) -> None:
+    from rich.table import Table
+
+    from bertclf.metrics import scalar_metrics
+
+    metrics = report["metrics"]
+    console.out.print(console.metrics_table(
+        scalar_metrics(metrics), title=f"{report['data']['path']}: {report['rows_evaluated']} rows"))
+    per_class = Table(title="Per class", header_style="bold")
+    for column in ("label", "precision", "recall", "f1", "support"):
+        per_class.add_column(column, justify="left" if column == "label" else "right")
+    for label, row in metrics["per_class"].items():
+        per_class.add_row(label, f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}",
+                          str(row["support"]))
+    console.out.print(per_class)
+    matrix = metrics["confusion_matrix"]
+    confusion = Table(title="Confusion matrix (rows: gold, columns: predicted)", header_style="bold")
+    confusion.add_column("gold \\ predicted")
+    for label in matrix["labels"]:
+        confusion.add_column(label, justify="right")
+    for i, (label, row) in enumerate(zip(matrix["labels"], matrix["matrix"], strict=True)):
+        confusion.add_row(label, *[f"[bold]{v}[/bold]" if i == j else str(v) for j, v in enumerate(row)])
+    console.out.print(confusion)
+
+
+# ------------------------------------------------------------------------------------------- predict
+@app.command()
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory written by `bertclf train`.", show_default=False)],
+    input_path: Annotated[str | None, typer.Argument(metavar="[INPUT]", help="CSV, TSV, JSON, JSONL or text file "
+                          "(one text per line), or - for stdin.", show_default=False)] = None,
+    text: Annotated[list[str] | None, typer.Option("--text", "-t", help="A text to classify. Repeatable.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write predictions here instead of "
+                      "stdout.")] = None,
+    output_format: Annotated[str | None, typer.Option("--format", help="jsonl, csv or tsv. Default: from the "
+                             "--output extension, else jsonl.")] = None,
+    input_format: Annotated[str | None, typer.Option(help="txt, csv, tsv, jsonl or json. Default: from the input "
+                            "extension; txt for stdin.")] = None,
+    text_column: Annotated[str | None, typer.Option(help="Text column of a table input. Default: the one used "
+                           "in training, else text, sentence, content, review.")] = None,
+    top_k: Annotated[int, typer.Option(help="Also list the K most probable labels.")] = 1,
+    all_probs: Annotated[bool, typer.Option(help="One probability column per label.")] = False,
+    keep_columns: Annotated[bool, typer.Option(help="Copy the input columns into the output.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Texts per batch.")] = 64,
+    encoding: Annotated[str | None, typer.Option(help="Input encoding. Default: UTF-8, then GB18030.")] = None,
+    cpu: Annotated[bool, typer.Option(help="Run on the CPU even if a GPU is present.")] = False,
+) -> None:
+    """Classify new texts with a trained run; one output row per input row, in input order.
+
+    Examples:
+
+        bertclf predict runs/topics examples/new_texts.txt
+
+        cat texts.txt | bertclf predict runs/topics - --top-k 3 > predictions.jsonl
+
+        bertclf predict runs/topics new.csv -o predictions.csv --all-probs --keep-columns
+    """
+    with user_errors():
+        if (input_path is None) == (not text):
+            raise UsageError("Give either an INPUT file (or - for stdin) or --text, not both and not neither.")
+        if top_k < 1 or batch_size < 1:
+            raise UsageError("--top-k and --batch-size must be 1 or more.")
+        from bertclf.model import read_manifest
+        from bertclf.streams import RowWriter, open_input
+        from bertclf.streams import output_format as pick_output_format
+
+        manifest = read_manifest(run_dir)
+        fmt = pick_output_format(output, output_format)
+        if text:
+            rows = iter([{"text": t} for t in text])
+            text_col, id_col = "text", None
+        else:
+            records = open_input(input_path, fmt=input_format, encoding=encoding, text_column=text_column,
+                                 preferred_column=manifest.get("text_column"))
+            rows, text_col = iter(records), records.text_column
+            id_col = "id" if "id" in records.columns else None
+
+        from bertclf.predict import Predictor
+
+        predictor = Predictor.from_dir(run_dir, cpu=cpu)
+        top_k = min(top_k, len(predictor.labels))
+        writer = RowWriter(output, fmt)
+        success = False
+        empty = total = 0
+        try:
+            buffered: list[dict[str, str]] = []
+
+            def texts():
+                for row in rows:
+                    buffered.append(row)
+                    yield row.get(text_col, "")
+
+            for number, prediction in enumerate(predictor.predict_stream(texts(), top_k=top_k,
+                                                                         batch_size=batch_size), start=1):
+                row = buffered.pop(0) if buffered else {}
+                total += 1
+                empty += prediction.label is None
+                writer.write(_prediction_row(number, row, id_col, prediction, predictor.labels, fmt, top_k,
+                                             all_probs, keep_columns))
+            success = True
+        finally:
+            writer.close(success)
+        if empty:
+            console.warn(f"{empty} of {total} input row(s) had an empty text; their label is left empty.")
+        if output is not None:
+            console.info(f"Wrote {total} predictions to {output}")
+
+
+def _prediction_row(number: int, row: dict, id_col: str | None, prediction, labels: list[str], fmt: str,
+                    top_k: int, all_probs: bool, keep_columns: bool) -> dict:
+    out: dict = {"id": row.get(id_col) if id_col else number, "label": prediction.label,
+                 "score": None if prediction.score is None else round(prediction.score, 6)}
+    if top_k > 1:
+        if fmt == "jsonl":
+            out["top_k"] = [{"label": label, "score": round(p, 6)} for label, p in prediction.top_k]
+        else:
+            for rank in range(top_k):
+                pair = prediction.top_k[rank] if rank < len(prediction.top_k) else (None, None)
+                out[f"label_{rank + 1}"] = pair[0]
+                out[f"score_{rank + 1}"] = None if pair[1] is None else round(pair[1], 6)
+    if all_probs:
+        if fmt == "jsonl":
+            out["probs"] = {label: round(prediction.probs[label], 6) for label in labels} if prediction.probs else {}
+        else:
+            for label in labels:
+                out[f"prob_{label}"] = round(prediction.probs[label], 6) if prediction.probs else None
+    if keep_columns:
+        for key, value in row.items():
+            out.setdefault(key if key not in out else f"input_{key}", value)
+    return out
 
 
 def main() -> None:

@@ -118,3 +118,43 @@ def parse_learning_rate(value: str) -> float | None:
         return float(value)
     except ValueError:
         raise UsageError(f"Invalid value for --lr: {value!r}. Give a rate such as 5e-5, or 'auto'.") from None
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Settings of one `bertclf eval` run; None means "as the run was trained"."""
+
+    run_dir: Path
+    data_file: Path
+    text_column: str | None = None
+    label_column: str | None = None
+    batch_size: int = 64
+    max_length: int | None = None
+    truncation: str | None = None
+    encoding: str | None = None
+    cpu: bool = False
+    ignore_unknown_labels: bool = False
+    report_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size > 0, "--batch-size", self.batch_size, "Give a positive batch size.")
+        _check(self.max_length is None or 8 <= self.max_length <= 8192, "--max-length", self.max_length,
+               "Give 8 to 8192 tokens.")
+        _check(self.truncation is None or self.truncation in TRUNCATION_STRATEGIES, "--truncation",
+               self.truncation, f"Choose one of: {', '.join(TRUNCATION_STRATEGIES)}.")
+
+
+def parse_gates(values: list[str], allowed: tuple[str, ...]) -> dict[str, float]:
+    """--fail-under METRIC=VALUE, repeatable, into {metric: threshold}."""
+    gates: dict[str, float] = {}
+    for value in values:
+        name, sep, threshold = value.partition("=")
+        name = name.strip()
+        if not sep or name not in allowed:
+            raise UsageError(f"Invalid value for --fail-under: {value!r}.",
+                             hint=f"Write METRIC=VALUE, for example macro_f1=0.85. Metrics: {', '.join(allowed)}.")
+        try:
+            gates[name] = float(threshold)
+        except ValueError:
+            raise UsageError(f"Invalid value for --fail-under: {value!r}; {threshold!r} is not a number.") from None
+    return gates

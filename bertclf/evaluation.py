@@ -77,3 +77,64 @@ def score_logits(logits: np.ndarray, label_ids: np.ndarray, labels: list[str]) -
     metrics = classification_metrics(label_ids, probs.argmax(axis=1), labels, probs)
     metrics["loss"] = cross_entropy(logits, label_ids)
     return metrics
+
+
+def evaluate(config) -> dict:
+    """Score a run directory on a labelled file. Returns the report: metrics, counts, timings, errors."""
+    import time
+
+    from bertclf import console
+    from bertclf.data import encode_texts, read_labelled, unknown_labels
+    from bertclf.errors import DataError
+    from bertclf.predict import Predictor
+
+    started = time.perf_counter()
+    from bertclf.model import read_manifest
+
+    manifest = read_manifest(config.run_dir)  # before reading data: a wrong run dir is the likelier mistake
+    data = read_labelled(config.data_file, text_column=config.text_column or manifest.get("text_column"),
+                         label_column=config.label_column or manifest.get("label_column"),
+                         encoding=config.encoding)
+    predictor = Predictor.from_dir(config.run_dir, cpu=config.cpu, max_length=config.max_length,
+                                   truncation=config.truncation)
+    labels = predictor.labels
+    unseen = unknown_labels(data.labels, labels)
+    keep = list(range(len(data.texts)))
+    if unseen:
+        listed = ", ".join(f"{label!r} ({count})" for label, count in unseen.most_common())
+        if not config.ignore_unknown_labels:
+            raise DataError(f"{config.data_file}: labels the model never saw: {listed}. The model knows: "
+                            f"{', '.join(labels)}.", hint="Fix the labels, or pass --ignore-unknown-labels to "
+                            "leave those rows out.")
+        keep = [i for i in keep if data.labels[i] in labels]
+        console.warn(f"Left out {len(data.texts) - len(keep)} row(s) with labels the model never saw: {listed}.")
+    texts = [data.texts[i] for i in keep]
+    gold = np.asarray([labels.index(data.labels[i]) for i in keep])
+    load_seconds = time.perf_counter() - started
+    tick = time.perf_counter()
+    encoded = encode_texts(predictor.tokenizer, texts, predictor.max_length, predictor.truncation)
+    logits = predict_logits(predictor.model, predictor.tokenizer, encoded, config.batch_size,
+                            device=predictor.device)
+    predict_seconds = time.perf_counter() - tick
+    metrics = score_logits(logits, gold, labels)
+    probs = softmax(logits)
+    predicted = probs.argmax(axis=1)
+    errors = [
+        {"row": data.row_numbers[i], "text": texts[j], "gold": labels[gold[j]], "predicted": labels[predicted[j]],
+         "confidence": float(probs[j, predicted[j]])}
+        for j, i in enumerate(keep) if predicted[j] != gold[j]
+    ]
+    return {
+        "run_dir": str(config.run_dir),
+        "data": data.table.describe(),
+        "rows": len(data.texts),
+        "rows_evaluated": len(texts),
+        "rows_ignored_unknown_label": len(data.texts) - len(texts),
+        "truncated": encoded.truncated,
+        "max_length": predictor.max_length,
+        "truncation": predictor.truncation,
+        "metrics": metrics,
+        "timings": {"load_seconds": round(load_seconds, 3), "predict_seconds": round(predict_seconds, 3),
+                    "texts_per_second": round(len(texts) / max(predict_seconds, 1e-9), 1)},
+        "errors": errors,
+    }

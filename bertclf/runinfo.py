@@ -71,7 +71,8 @@ def model_card(manifest: dict[str, Any], metrics: dict[str, Any]) -> str:
         "",
         "## Data",
         "",
-        f"- train: `{data['train']['path']}` ({manifest['train_rows']} rows used, encoding {data['train']['encoding']})",
+        f"- train: `{data['train']['path']}` ({manifest['train_rows']} rows used, "
+        f"encoding {data['train']['encoding']})",
         f"- validation: {manifest['validation_source']} ({manifest['validation_rows']} rows)",
         f"- text column `{manifest['text_column']}`, label column `{manifest['label_column']}`",
         f"- max length {manifest['max_length']} tokens, truncation `{manifest['truncation']}`",

@@ -339,10 +339,11 @@ def train(config: TrainConfig) -> TrainResult:
                     progress.update(task, completed=step,
                                     description=f"epoch {step / steps_per_epoch:.2f}")
                 if step % eval_every == 0 or step == total_steps:
-                    train_seconds += time.perf_counter() - tick
+                    paused = time.perf_counter()
+                    train_seconds += paused - tick
                     evaluate_and_keep_best()
                     tick = time.perf_counter()
-                    window_start = time.perf_counter()
+                    window_start += tick - paused  # evaluation time does not count as training time
                 if step >= total_steps or stop:
                     break
             train_seconds += time.perf_counter() - tick
