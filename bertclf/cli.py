@@ -229,7 +229,7 @@ def eval_command(
         if output is not None:
             console.info(f"Report written to {output}")
         if failures:
-            raise QualityGateError("Quality gate failed: " + "; ".join(failures) + ".")
+            raise QualityGateError("Quality gate failed: " + "; ".join(failures.values()) + ".")
 
 
 def _failed_gates(metrics: dict, gates: dict[str, float]) -> dict[str, str]:

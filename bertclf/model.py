@@ -140,8 +140,8 @@ def resolve_model(name: str, train_texts: list[str] | None = None) -> ResolvedMo
         if scratch_size not in SCRATCH_SIZES:
             from bertclf.errors import UsageError
 
-            raise UsageError(f"Invalid value for --model: {name!r}.",
-                             hint=f"Scratch sizes: {', '.join('scratch:' + s for s in SCRATCH_SIZES)}.")
+            raise UsageError(f"Invalid value for --model: {name!r}. Scratch sizes: "
+                             f"{', '.join('scratch:' + s for s in SCRATCH_SIZES)}.")
         return ResolvedModel(requested, name, "scratch", None, scratch_size)
     local = Path(name).expanduser()
     if local.is_dir():

@@ -1,0 +1,52 @@
+from pathlib import Path
+
+import pytest
+
+from bertclf.config import EvalConfig, TrainConfig, parse_gates, parse_learning_rate
+from bertclf.errors import EXIT_USAGE, UsageError
+
+
+@pytest.mark.parametrize(("field", "value", "flag"), [
+    ("validation_split", 1.5, "--validation-split"),
+    ("max_length", 4, "--max-length"),
+    ("truncation", "middle", "--truncation"),
+    ("epochs", 0, "--epochs"),
+    ("batch_size", 0, "--batch-size"),
+    ("lr", 3.0, "--lr"),
+    ("grad_accum", 0, "--grad-accum"),
+    ("warmup_ratio", 1.0, "--warmup-ratio"),
+    ("early_stopping", 0, "--early-stopping"),
+    ("metric", "f2", "--metric"),
+    ("mixed_precision", "fp8", "--mixed-precision"),
+])
+def test_invalid_train_settings_name_the_flag(field, value, flag):
+    with pytest.raises(UsageError) as info:
+        TrainConfig(train_file=Path("x.csv"), **{field: value})
+    assert flag in info.value.message
+    assert info.value.exit_code == EXIT_USAGE
+
+
+def test_train_config_round_trips_through_json():
+    config = TrainConfig(train_file=Path("a.csv"), validation_file=Path("b.csv"), lr=1e-4, argv=("bertclf", "train"))
+    assert TrainConfig.from_dict(config.to_dict()) == config
+
+
+def test_learning_rate_auto_and_numbers():
+    assert parse_learning_rate("auto") is None
+    assert parse_learning_rate("5e-5") == 5e-5
+    with pytest.raises(UsageError, match="--lr"):
+        parse_learning_rate("fast")
+
+
+def test_gates_parse_and_reject_unknown_metrics():
+    assert parse_gates(["accuracy=0.9", "macro_f1=0.85"], ("accuracy", "macro_f1")) == {"accuracy": 0.9,
+                                                                                        "macro_f1": 0.85}
+    with pytest.raises(UsageError, match="--fail-under"):
+        parse_gates(["f1=0.9"], ("accuracy",))
+    with pytest.raises(UsageError, match="not a number"):
+        parse_gates(["accuracy=high"], ("accuracy",))
+
+
+def test_eval_config_checks_batch_size():
+    with pytest.raises(UsageError, match="--batch-size"):
+        EvalConfig(run_dir=Path("r"), data_file=Path("d.csv"), batch_size=0)

@@ -1,0 +1,119 @@
+"""`bertclf train` end to end on the tiny BERT: the run directory contract, options, refusals."""
+
+import hashlib
+import json
+
+import pytest
+from conftest import EXAMPLES, run_bertclf, write_csv
+
+from bertclf.errors import EXIT_DATA, EXIT_NO_INPUT, EXIT_USAGE
+
+RUN_FILES = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "bertclf.json",
+             "metrics.json", "train_log.jsonl", "README.md"}
+
+
+def test_run_directory_is_complete_and_self_describing(tiny_run):
+    assert RUN_FILES <= {p.name for p in tiny_run.iterdir()}
+    manifest = json.loads((tiny_run / "bertclf.json").read_text())
+    assert manifest["completed"] is True
+    assert manifest["labels"] == ["cooking", "sports", "technology", "weather"]
+    assert manifest["text_column"] == "text" and manifest["label_column"] == "label"
+    assert manifest["max_length"] == 128 and manifest["truncation"] == "head"
+    assert manifest["data"]["train"]["encoding"] == "utf-8-sig"
+    assert len(manifest["data"]["train"]["sha256"]) == 64
+    assert manifest["learning_rate"] == 2e-3 and manifest["learning_rate_source"] == "--lr"
+    assert manifest["seed"] == 42 and manifest["threads"] >= 1 and manifest["world_size"] == 1
+    assert manifest["versions"]["torch"] and manifest["argv"]
+    assert manifest["best_step"] >= 1
+    config = json.loads((tiny_run / "config.json").read_text())
+    assert config["id2label"] == {"0": "cooking", "1": "sports", "2": "technology", "3": "weather"}
+    assert config["label2id"]["weather"] == 3
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert 0.0 <= metrics["macro_f1"] <= 1.0 and metrics["step"] == manifest["best_step"]
+    log = [json.loads(line) for line in (tiny_run / "train_log.jsonl").read_text().splitlines()]
+    # 216 training rows in batches of 16: 14 steps an epoch, one evaluation at the end of each of 10 epochs
+    assert [r["step"] for r in log if r["type"] == "eval"] == list(range(14, 141, 14))
+    assert all(0.0 <= r["val_macro_f1"] <= 1.0 for r in log if r["type"] == "eval")
+    assert any(r["type"] == "train" and r["loss"] > 0 and r["learning_rate"] >= 0 for r in log)
+    card = (tiny_run / "README.md").read_text()
+    assert "cooking" in card and "bertclf predict" in card
+
+
+def test_tiny_model_learns_the_example_topics(tiny_run):
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert metrics["accuracy"] > 0.5  # 4 balanced classes: chance is 0.25
+
+
+def test_transformers_pipeline_loads_the_run_unchanged(tiny_run):
+    from transformers import pipeline
+
+    classifier = pipeline("text-classification", model=str(tiny_run))
+    out = classifier(["The team won the match.", "Bake the bread for an hour."])
+    assert {o["label"] for o in out} <= {"cooking", "sports", "technology", "weather"}
+
+
+def test_json_summary_and_determinism(tiny_model_dir, tmp_path, cli):
+    data = EXAMPLES / "en_topics.csv"
+    hashes = []
+    for name in ("a", "b"):
+        code, stdout, stderr = cli("train", data, "-m", tiny_model_dir, "-o", tmp_path / name, "--max-steps", "6",
+                                   "--batch-size", "8", "--json", "--cpu")
+        assert code == 0, stderr
+        summary = json.loads(stdout)
+        assert summary["run_dir"] == str(tmp_path / name) and summary["steps"] == 6
+        assert set(summary["timings"]) == {"train_seconds", "samples_per_second"}
+        assert "macro_f1" in summary["validation_metrics"]
+        hashes.append(hashlib.sha256((tmp_path / name / "model.safetensors").read_bytes()).hexdigest())
+    assert hashes[0] == hashes[1]  # same seed, data, threads and versions: byte-identical weights
+
+
+def test_non_empty_output_is_refused_unless_overwrite(tiny_model_dir, tmp_path, cli):
+    output = tmp_path / "run"
+    output.mkdir()
+    (output / "keep.txt").write_text("mine")
+    args = ["train", EXAMPLES / "en_topics.csv", "-m", tiny_model_dir, "-o", output, "--max-steps", "2", "--cpu"]
+    code, _, stderr = cli(*args)
+    assert code == EXIT_USAGE and "--overwrite" in stderr
+    code, _, stderr = cli(*args, "--overwrite")
+    assert code == 0, stderr
+    assert (output / "keep.txt").read_text() == "mine"  # only our own files are replaced
+
+
+def test_validation_file_with_unseen_label_is_a_data_error(tiny_model_dir, tmp_path, cli):
+    val = write_csv(tmp_path / "val.csv", [("rain all day", "weather"), ("new phone", "gadgets")])
+    code, _, stderr = cli("train", EXAMPLES / "en_topics.csv", "-m", tiny_model_dir, "--validation", val,
+                          "-o", tmp_path / "run", "--cpu")
+    assert code == EXIT_DATA and "'gadgets' (1)" in stderr
+
+
+@pytest.mark.parametrize(("args", "code", "message"), [
+    (["--lr", "fast"], EXIT_USAGE, "--lr"),
+    (["--batch-size", "0"], EXIT_USAGE, "--batch-size"),
+    (["--truncation", "middle"], EXIT_USAGE, "--truncation"),
+    (["--text-column", "body"], EXIT_DATA, "Columns found: text, label"),
+])
+def test_option_validation(tiny_model_dir, tmp_path, cli, args, code, message):
+    exit_code, _, stderr = cli("train", EXAMPLES / "en_topics.csv", "-m", tiny_model_dir, "-o", tmp_path / "r",
+                               *args)
+    assert exit_code == code and message in stderr
+
+
+def test_missing_file_and_single_label_exit_codes_without_traceback(tmp_path):
+    result = run_bertclf("train", tmp_path / "nope.csv", "-m", "scratch:tiny")
+    assert result.returncode == EXIT_NO_INPUT and "no such file" in result.stderr
+    one = write_csv(tmp_path / "one.csv", [("a", "x"), ("b", "x")])
+    result = run_bertclf("train", one, "-m", "scratch:tiny")
+    assert result.returncode == EXIT_DATA and "single label" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_scratch_model_trains_on_chinese_without_download(tmp_path, cli):
+    code, stdout, stderr = cli("train", EXAMPLES / "zh_reviews.csv", "-m", "scratch:tiny", "-o", tmp_path / "zh",
+                               "--max-steps", "8", "--json", "--cpu")
+    assert code == 0, stderr
+    manifest = json.loads((tmp_path / "zh" / "bertclf.json").read_text())
+    assert manifest["model"]["source"] == "scratch" and manifest["learning_rate_source"] == "auto"
+    from transformers import BertTokenizer
+
+    tokenizer = BertTokenizer.from_pretrained(str(tmp_path / "zh"))
+    assert tokenizer.tokenize("质量很好") == ["质", "量", "很", "好"]  # one token per Chinese character
