@@ -119,3 +119,43 @@ def test_predictor_python_api(tiny_run):
     probs_1 = predictor.predict_proba(["Stir the soup", "Storm warning", "A goal"], batch_size=1)
     probs_32 = predictor.predict_proba(["Stir the soup", "Storm warning", "A goal"], batch_size=32)
     assert abs(probs_1 - probs_32).max() < 1e-5  # batching and padding do not change results
+
+
+def test_report_files_for_a_hand_checked_case(tmp_path):
+    import numpy as np
+
+    from bertclf.metrics import classification_metrics
+    from bertclf.report import write_report
+
+    labels = ["neg", "pos"]
+    gold, predicted = np.array([0, 0, 1, 1, 1]), np.array([0, 1, 1, 1, 0])
+    errors = [{"row": 2, "text": "meh", "gold": "neg", "predicted": "pos", "confidence": 0.6},
+              {"row": 5, "text": "ok, fine", "gold": "pos", "predicted": "neg", "confidence": 0.7}]
+    report = {"metrics": classification_metrics(gold, predicted, labels), "errors": errors, "rows": 5}
+    write_report(report, tmp_path)
+    assert (tmp_path / "confusion_matrix.csv").read_text().splitlines() == [
+        "gold \\ predicted,neg,pos", "neg,1,1", "pos,1,2"]
+    with (tmp_path / "errors.csv").open() as handle:
+        assert [(r["row"], r["text"], r["gold"], r["predicted"]) for r in csv.DictReader(handle)] == [
+            ("2", "meh", "neg", "pos"), ("5", "ok, fine", "pos", "neg")]
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["metrics"]["accuracy"] == 0.6 and "errors" not in saved
+
+
+def test_shuffled_input_with_ids_gets_the_same_prediction_per_id(tiny_run, tmp_path, cli):
+    import random
+
+    with TEST_FILE.open() as handle:
+        texts = [row["text"] for row in csv.DictReader(handle)]
+    rows = [(f"doc-{i}", text) for i, text in enumerate(texts)]
+    shuffled = rows[:]
+    random.Random(3).shuffle(shuffled)
+    outputs = []
+    for name, data in (("in_order", rows), ("shuffled", shuffled)):
+        path = write_csv(tmp_path / f"{name}.csv", data, header=("id", "text"))
+        code, stdout, stderr = cli("predict", tiny_run, path, "--batch-size", "5", "--cpu")
+        assert code == 0, stderr
+        lines = [json.loads(line) for line in stdout.splitlines()]
+        assert [line["id"] for line in lines] == [row_id for row_id, _ in data]
+        outputs.append({line["id"]: line["label"] for line in lines})
+    assert outputs[0] == outputs[1]
