@@ -363,6 +363,46 @@ class EncodedDataset:
         return item
 
 
+class LengthGroupedSampler:
+    """Shuffled training order in which each batch holds texts of similar length, so padding stays small.
+
+    Indices are shuffled, cut into groups of `batches_per_group` batches, sorted by length inside each
+    group, and the resulting batches shuffled again. Groups are kept small on purpose: transformers'
+    LengthGroupedSampler sorts groups of up to 50 batches, and when length correlates with the label
+    (long reviews are more often negative) its batches become nearly single-label; a from-scratch
+    model on zh_reviews then never learned (validation accuracy stuck at the majority share, 0.526,
+    against 0.79 with groups of 8).
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, batches_per_group: int = 8):
+        self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
+        self.group_size = batch_size * batches_per_group
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        import torch
+
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        batches: list[list[int]] = []
+        for start in range(0, len(order), self.group_size):
+            group = sorted(order[start : start + self.group_size], key=lambda i: -self.lengths[i])
+            batches.extend(group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size))
+        # Full batches first in random order, a short last batch (if any) at the end: every batch but
+        # one has batch_size texts, as DataLoader would cut them.
+        full = [b for b in batches if len(b) == self.batch_size]
+        short = [b for b in batches if len(b) < self.batch_size]
+        permutation = torch.randperm(len(full), generator=generator).tolist()
+        for batch in [full[i] for i in permutation] + short:
+            yield from batch
+
+
 def padding_collator(tokenizer):
     """Pads each batch to its own longest text (dynamic padding), not to max_length."""
     from transformers import DataCollatorWithPadding

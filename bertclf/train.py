@@ -17,6 +17,7 @@ from bertclf.config import TrainConfig
 from bertclf.data import (
     EncodedDataset,
     LabelledData,
+    LengthGroupedSampler,
     check_label_set,
     encode_texts,
     padding_collator,
@@ -164,7 +165,6 @@ def train(config: TrainConfig) -> TrainResult:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers import get_linear_schedule_with_warmup
-    from transformers.trainer_pt_utils import LengthGroupedSampler
 
     from bertclf.evaluation import predict_logits, score_logits
     from bertclf.model import auto_learning_rate, load_for_training, resolve_model, usable_max_length
@@ -197,8 +197,7 @@ def train(config: TrainConfig) -> TrainResult:
     lr = config.lr if config.lr is not None else auto_learning_rate(model, resolved.source)
 
     # Length-grouped batches: texts of similar length share a batch, so padding stays small.
-    generator = torch.Generator().manual_seed(config.seed)
-    sampler = LengthGroupedSampler(config.batch_size, lengths=train_encoded.lengths, generator=generator)
+    sampler = LengthGroupedSampler(train_encoded.lengths, config.batch_size, config.seed)
     train_loader = torch.utils.data.DataLoader(EncodedDataset(train_encoded, train_label_ids),
                                                batch_size=config.batch_size, sampler=sampler,
                                                collate_fn=padding_collator(tokenizer))
@@ -302,7 +301,7 @@ def train(config: TrainConfig) -> TrainResult:
     epoch = 0
     try:
         while step < total_steps and not stop:
-            sampler.generator.manual_seed(config.seed + epoch)  # a fresh, reproducible order every epoch
+            sampler.set_epoch(epoch)  # a fresh, reproducible order every epoch
             tick = time.perf_counter()
             for batch in train_loader:
                 with accelerator.accumulate(model):
