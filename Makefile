@@ -11,7 +11,7 @@ TORCH_SPEC ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo "torch>=2.10" || ech
 PIP_EXTRA ?=
 RUNS ?= runs
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test lint format bench bench-quick clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -45,6 +45,13 @@ lint: install
 
 format: install
 	$(VENV)/bin/ruff format bertclf tests $(wildcard bench)
+
+# Speed and memory against the Hugging Face baselines (bench/README.md); results in bench/results/.
+bench: install
+	$(PY) bench/bench.py
+
+bench-quick: install
+	$(PY) bench/bench.py --quick
 
 clean:
 	rm -rf $(VENV) $(RUNS) .pytest_cache .ruff_cache

@@ -152,7 +152,8 @@ class Bench:
             return None
 
     def dims(self, dataset: str) -> dict:
-        labels = {r["label"] for r in csv.DictReader(open(DATA / DATASETS[dataset] / "train.csv", encoding="utf-8"))}
+        with open(DATA / DATASETS[dataset] / "train.csv", encoding="utf-8", newline="") as handle:
+            labels = {r["label"].strip() for r in csv.DictReader(handle)}
         return dims(self.model_dir, len(labels))
 
     def train_cmd(self, dataset: str, precision: str, output: Path) -> list[str]:
@@ -247,7 +248,8 @@ class Bench:
                                               "train_loss", "threads")}
                 record["precision"] = "bf16" if doc["bf16"] else "no"
             runs[name].append({**record, **result.brief()})
-        self._run_dirs.setdefault(ds, out / "bertclf-no")  # predict/eval/rss reuse the trained fp32 run
+        if any("error" not in r for r in runs["bertclf fp32"]):
+            self._run_dirs.setdefault(ds, out / "bertclf-no")  # predict/eval/rss reuse the trained fp32 run
 
         dim, peak = self.dims(ds), self.peak()
         figures = {}
@@ -316,7 +318,8 @@ class Bench:
         walls: dict[str, list[float]] = {name: [] for name in e2e}
         for _, name in interleaved(list(e2e), s.predict_e2e_repeats):
             walls[name].append(self.run(e2e[name]).wall_s)
-        lines = sum(1 for _ in open(self.work / "pred.jsonl", encoding="utf-8"))
+        with open(self.work / "pred.jsonl", encoding="utf-8") as handle:
+            lines = sum(1 for _ in handle)
         ratio = paired_ratio(walls["bertclf predict (CLI)"], walls["pipeline script, batch_size=32"],
                              higher_is_better=False)
         for name, values in walls.items():
@@ -373,7 +376,8 @@ class Bench:
     def do_rss(self) -> dict:
         # Repeat the shortest English test texts: memory growth per row shows just the same, and a million rows
         # then take minutes rather than an hour on 2 cores.
-        texts = [r["text"] for r in csv.DictReader(open(DATA / DATASETS["en"] / "test.csv", encoding="utf-8"))]
+        with open(DATA / DATASETS["en"] / "test.csv", encoding="utf-8", newline="") as handle:
+            texts = [r["text"] for r in csv.DictReader(handle)]
         texts = sorted({t.replace("\n", " ").strip() for t in texts if t.strip()}, key=len)[:64]
         files = {}
         for rows in self.settings.rss_rows:
@@ -387,7 +391,8 @@ class Bench:
         for _, rows in interleaved(list(files), self.settings.rss_repeats):
             output = self.work / f"rss-{rows}.jsonl"
             result = self.run(self.bertclf("predict", run_dir, files[rows], "-o", output, "--cpu"))
-            written = sum(1 for _ in open(output, encoding="utf-8"))
+            with open(output, encoding="utf-8") as handle:
+                written = sum(1 for _ in handle)
             runs[rows].append({**result.brief(), "rows_written": written, "texts_per_second": rows / result.wall_s})
             output.unlink()
         small, large = self.settings.rss_rows
@@ -396,10 +401,11 @@ class Bench:
         for rows, records in runs.items():
             rate = summary([r["texts_per_second"] for r in records])["median"]
             ok = all(r["rows_written"] == rows for r in records)
-            verdict = f"{growth:.3f}x of {small:,} rows: {'PASS' if growth <= 1.10 else 'FAIL'} (<= 1.10)"
+            verdict = f"{growth:.3f}x the {small:,}-row RSS: {'PASS' if growth <= 1.10 else 'FAIL'} (<= 1.10); "
             self.rows.append(Row("rss", "en", f"bertclf predict, {rows:,} rows", rss[rows]["median"], "MB peak RSS",
-                                 rss[rows]["min"], rss[rows]["max"], verdict if rows == large else "",
-                                 note=f"{rate:.0f} texts/s end to end" + ("" if ok else "; ROW COUNT MISMATCH")))
+                                 rss[rows]["min"], rss[rows]["max"],
+                                 note=(verdict if rows == large else "") + f"{rate:.0f} texts/s end to end"
+                                 + ("" if ok else "; ROW COUNT MISMATCH")))
         return {"texts": "the 64 shortest en_wordnet_verbs test texts, repeated", "runs": runs,
                 "max_rss_mb": rss, "large_over_small": growth, "pass": growth <= 1.10}
 
@@ -527,19 +533,24 @@ def main() -> int:
     bench.results.update({"started": stamp, "mode": "quick" if args.quick else "full", "argv": sys.argv,
                           "sections_run": list(sections), "settings": asdict(settings), "machine": info,
                           "versions": versions(), "threads": threads, "work_dir": str(work)})
+    output = args.output or RESULTS / f"{stamp}.json"
     started = time.perf_counter()
-    try:
-        for name in SECTIONS:  # fixed order: train first, so predict/eval/rss reuse its run directory
-            if name in sections:
-                bench.section(name, getattr(bench, f"do_{name}"))
-    finally:
+
+    def save() -> None:  # after every section, so an interrupted run still leaves its figures
         bench.results["total_seconds"] = round(time.perf_counter() - started, 1)
         bench.results["rows"] = [asdict(r) for r in bench.rows]
-        output = args.output or RESULTS / f"{stamp}.json"
         output.parent.mkdir(parents=True, exist_ok=True)
         tmp = output.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(bench.results, indent=2, default=str), encoding="utf-8")
         tmp.replace(output)
+
+    try:
+        for name in SECTIONS:  # fixed order: train first, so predict/eval/rss reuse its run directory
+            if name in sections:
+                bench.section(name, getattr(bench, f"do_{name}"))
+                save()
+    finally:
+        save()
         if args.keep:
             console.print(f"Work directory kept: {work}")
         else:

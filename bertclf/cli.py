@@ -95,6 +95,10 @@ def train(
                             "target, category.", rich_help_panel=DATA_PANEL)] = None,
     encoding: Annotated[str | None, typer.Option(help="File encoding. Default: UTF-8 (with or without BOM), then "
                         "GB18030.", rich_help_panel=DATA_PANEL)] = None,
+    data_format: Annotated[str | None, typer.Option("--format", help="csv, tsv, json, jsonl, parquet or fasttext. "
+                           "Default: from the file extension.", rich_help_panel=DATA_PANEL)] = None,
+    drop_empty: Annotated[bool, typer.Option(help="Leave out rows with an empty text, with a warning, instead of "
+                          "failing.", rich_help_panel=DATA_PANEL)] = False,
     model: Annotated[str, typer.Option("--model", "-m", help="Local directory, packaged model (all-MiniLM-L6-v2), "
                      "Hub id (bert-base-chinese), scratch[:tiny|mini|small], or auto (bert-base-chinese for "
                      "Chinese data, else bert-base-uncased).", rich_help_panel=MODEL_PANEL)] = D.model,
@@ -155,7 +159,8 @@ def train(
             batch_size=batch_size, lr=parse_learning_rate(lr), weight_decay=weight_decay,
             warmup_ratio=warmup_ratio, grad_accum=grad_accum, max_grad_norm=max_grad_norm,
             eval_every=eval_every, early_stopping=early_stopping, metric=metric, seed=seed,
-            mixed_precision=mixed_precision, cpu=cpu, encoding=encoding, log_every=log_every,
+            mixed_precision=mixed_precision, cpu=cpu, encoding=encoding, data_format=data_format,
+            drop_empty=drop_empty, log_every=log_every,
             argv=tuple(sys.argv),
         )
         from bertclf.train import train as run_training
@@ -190,6 +195,9 @@ def eval_command(
     truncation: Annotated[str | None, typer.Option(help="Override the run's truncation: head, tail, head+tail.")]
     = None,
     encoding: Annotated[str | None, typer.Option(help="File encoding. Default: UTF-8, then GB18030.")] = None,
+    data_format: Annotated[str | None, typer.Option("--format", help="csv, tsv, json, jsonl, parquet or fasttext. "
+                           "Default: from the file extension.")] = None,
+    drop_empty: Annotated[bool, typer.Option(help="Leave out rows with an empty text, with a warning.")] = False,
     fail_under: Annotated[list[str] | None, typer.Option(metavar="METRIC=VALUE", help="Exit 1 when METRIC is below "
                           "VALUE, e.g. macro_f1=0.85. Repeatable.")] = None,
     ignore_unknown_labels: Annotated[bool, typer.Option(help="Leave out rows whose label the model never saw "
@@ -211,7 +219,8 @@ def eval_command(
         gates = parse_gates(fail_under or [], GATE_METRICS)
         config = EvalConfig(run_dir=run_dir, data_file=data, text_column=text_column, label_column=label_column,
                             batch_size=batch_size, max_length=max_length, truncation=truncation, encoding=encoding,
-                            cpu=cpu, ignore_unknown_labels=ignore_unknown_labels, report_dir=output)
+                            data_format=data_format, drop_empty=drop_empty, cpu=cpu,
+                            ignore_unknown_labels=ignore_unknown_labels, report_dir=output)
         from bertclf.evaluation import evaluate
 
         report = evaluate(config)

@@ -61,6 +61,8 @@ class TrainConfig:
     mixed_precision: str = "auto"
     cpu: bool = False
     encoding: str | None = None  # None: utf-8 (BOM or not), then gb18030
+    data_format: str | None = None  # None: from the file extension
+    drop_empty: bool = False  # leave out rows with an empty text (with a warning) instead of failing
     log_every: int = 50  # optimizer steps between train_log.jsonl lines
     argv: tuple[str, ...] = field(default=(), compare=False)
 
@@ -132,6 +134,8 @@ class EvalConfig:
     max_length: int | None = None
     truncation: str | None = None
     encoding: str | None = None
+    data_format: str | None = None
+    drop_empty: bool = False
     cpu: bool = False
     ignore_unknown_labels: bool = False
     report_dir: Path | None = None

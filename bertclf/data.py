@@ -21,7 +21,10 @@ import pandas as pd
 from bertclf.config import LABEL_COLUMN_CANDIDATES, TEXT_COLUMN_CANDIDATES
 from bertclf.errors import DataError, InputMissingError, UsageError
 
-FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"}
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
+           ".parquet": "parquet", ".pq": "parquet", ".txt": "fasttext", ".ft": "fasttext"}
+FORMAT_NAMES = ("csv", "tsv", "json", "jsonl", "parquet", "fasttext")
+FASTTEXT_PREFIX = "__label__"
 # Tried in this order: UTF-8 bytes also decode as GB18030 (into garbage), so UTF-8 must come first.
 AUTO_ENCODINGS = ("utf-8-sig", "gb18030")
 MAX_ROWS_LISTED = 5
@@ -56,14 +59,14 @@ def _rows_list(numbers: list[int]) -> str:
 
 def detect_format(path: Path, override: str | None = None) -> str:
     if override:
-        if override not in set(FORMATS.values()):
-            raise UsageError(f"Invalid value for --format: {override!r}. Choose one of: csv, tsv, json, jsonl.")
+        if override not in FORMAT_NAMES:
+            raise UsageError(f"Invalid value for --format: {override!r}. Choose one of: {', '.join(FORMAT_NAMES)}.")
         return override
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise DataError(
             f"{path}: cannot tell the file format from the extension {path.suffix or '(none)'!r}.",
-            hint="Name the file .csv, .tsv, .json or .jsonl, or pass --format.",
+            hint="Name the file .csv, .tsv, .json, .jsonl, .parquet or .txt (fastText lines), or pass --format.",
         )
     return fmt
 
@@ -113,13 +116,22 @@ def read_table(path: Path, *, encoding: str | None = None, fmt: str | None = Non
         raise InputMissingError(f"{path}: cannot be read ({exc.strerror}).") from None
     if not raw.strip():
         raise DataError(f"{path}: the file is empty.", hint="Give a file with a header and at least one row.")
+    sha = hashlib.sha256(raw).hexdigest()
+    if fmt == "parquet":
+        columns, rows = _parse_parquet(path, raw)
+        return TextTable(path=path, format=fmt, encoding="parquet", sha256=sha, columns=columns, rows=rows)
+    if raw.startswith(b"PAR1") or raw.startswith(b"PK\x03\x04"):
+        kind = "a Parquet file" if raw.startswith(b"PAR1") else "a ZIP or Excel (.xlsx) file"
+        raise DataError(f"{path}: is {kind}, not {fmt.upper()} text.",
+                        hint="Rename it to its real extension, pass --format, or export it as CSV.")
     if b"\x00" in raw[:8192] and not raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise DataError(f"{path}: looks like a binary file, not {fmt.upper()} text.",
                         hint="Check that you passed the right file.")
     text, used_encoding = decode_bytes(path, raw, encoding)
-    sha = hashlib.sha256(raw).hexdigest()
     if fmt in ("csv", "tsv"):
         columns, rows = _parse_delimited(path, text, "," if fmt == "csv" else "\t")
+    elif fmt == "fasttext":
+        columns, rows = _parse_fasttext(path, text)
     else:
         columns, rows = _parse_json(path, text, fmt)
     return TextTable(path=path, format=fmt, encoding=used_encoding, sha256=sha, columns=columns, rows=rows)
@@ -147,11 +159,50 @@ def _parse_delimited(path: Path, text: str, sep: str) -> tuple[list[str], list[d
     return columns, frame.to_dict(orient="records")
 
 
+def _parse_parquet(path: Path, raw: bytes) -> tuple[list[str], list[dict[str, str]]]:
+    try:
+        frame = pd.read_parquet(io.BytesIO(raw))
+    except Exception as exc:  # pyarrow raises several types for a damaged or non-Parquet file
+        raise DataError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc}).",
+                        hint="Check the file, or pass --format with its real format.") from None
+    columns = [str(c) for c in frame.columns]
+    if frame.empty:
+        raise DataError(f"{path}: has no rows.")
+    rows = [{str(k): _json_value(v) for k, v in record.items()} for record in frame.to_dict(orient="records")]
+    return columns, rows
+
+
+def _parse_fasttext(path: Path, text: str) -> tuple[list[str], list[dict[str, str]]]:
+    """fastText lines: `__label__pos __label__x the text`. One label a line (multi-label is a later feature)."""
+    rows: list[dict[str, str]] = []
+    for line_number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        words = line.split(" ")
+        labels = []
+        while words and words[0].startswith(FASTTEXT_PREFIX):
+            labels.append(words.pop(0)[len(FASTTEXT_PREFIX):])
+        if not labels:
+            raise DataError(f"{path}: line {line_number} has no {FASTTEXT_PREFIX} label at its start.",
+                            hint=f"Write each line as '{FASTTEXT_PREFIX}LABEL text'.")
+        if len(labels) > 1:
+            raise DataError(f"{path}: line {line_number} has {len(labels)} labels ({', '.join(labels)}); "
+                            "single-label classification needs one.", hint="Keep one label a line.")
+        rows.append({"text": " ".join(words).strip(), "label": labels[0]})
+    if not rows:
+        raise DataError(f"{path}: has no lines.")
+    return ["text", "label"], rows
+
+
 def _json_value(value: object) -> str:
-    if value is None:
+    if value is None or (isinstance(value, float) and value != value):  # None, NaN: missing
         return ""
     if isinstance(value, str):
         return value
+    if hasattr(value, "item") and not hasattr(value, "__len__"):  # numpy scalars from Parquet
+        value = value.item()
+    if hasattr(value, "tolist"):  # numpy arrays (Parquet list columns)
+        value = value.tolist()
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
@@ -227,8 +278,10 @@ class LabelledData:
 
 
 def read_labelled(path: Path, *, text_column: str | None, label_column: str | None,
-                  encoding: str | None = None, fmt: str | None = None) -> LabelledData:
+                  encoding: str | None = None, fmt: str | None = None, drop_empty: bool = False) -> LabelledData:
     """Read a file and check that every row has a non-empty text and label."""
+    from bertclf import console
+
     table = read_table(path, encoding=encoding, fmt=fmt)
     text_col = pick_column(table, text_column, TEXT_COLUMN_CANDIDATES, "--text-column")
     label_col = pick_column(table, label_column, LABEL_COLUMN_CANDIDATES, "--label-column")
@@ -237,15 +290,71 @@ def read_labelled(path: Path, *, text_column: str | None, label_column: str | No
                          hint="Pass different --text-column and --label-column.")
     texts = table.column(text_col)
     labels = [label.strip() for label in table.column(label_col)]
-    empty_texts = [i + 1 for i, t in enumerate(texts) if not t.strip()]
-    if empty_texts:
-        raise DataError(f"{path}: {len(empty_texts)} row(s) have an empty {text_col!r} text: "
-                        f"rows {_rows_list(empty_texts)}.", hint="Fill in or remove those rows.")
+    row_numbers = list(range(1, len(texts) + 1))
     empty_labels = [i + 1 for i, label in enumerate(labels) if not label]
     if empty_labels:
         raise DataError(f"{path}: {len(empty_labels)} row(s) have no {label_col!r} label: "
                         f"rows {_rows_list(empty_labels)}.", hint="Label those rows or remove them.")
-    return LabelledData(table, text_col, label_col, texts, labels, list(range(1, len(texts) + 1)))
+    empty_texts = [i + 1 for i, t in enumerate(texts) if not t.strip()]
+    if empty_texts and not drop_empty:
+        raise DataError(f"{path}: {len(empty_texts)} row(s) have an empty {text_col!r} text: "
+                        f"rows {_rows_list(empty_texts)}.", hint="Fill in or remove those rows, or pass --drop-empty.")
+    if empty_texts:
+        console.warn(f"{path}: left out {len(empty_texts)} row(s) with an empty text (--drop-empty): "
+                     f"rows {_rows_list(empty_texts)}.")
+        keep = [i for i, t in enumerate(texts) if t.strip()]
+        texts, labels, row_numbers = [texts[i] for i in keep], [labels[i] for i in keep], [i + 1 for i in keep]
+        if not texts:
+            raise DataError(f"{path}: every row has an empty text.")
+    if table.format in ("csv", "tsv"):
+        _check_swallowed_rows(table, texts, labels, row_numbers)
+    return LabelledData(table, text_col, label_col, texts, labels, row_numbers)
+
+
+def _check_swallowed_rows(table: TextTable, texts: list[str], labels: list[str], row_numbers: list[int]) -> None:
+    """A stray quote makes the CSV parser swallow the following lines into one text, silently. Catch texts
+    holding line breaks whose lines end like a row of this file: a separator and a known label."""
+    separator = "," if table.format == "csv" else "\t"
+    known = set(labels)
+    for text, row in zip(texts, row_numbers, strict=True):
+        if "\n" not in text:
+            continue
+        swallowed = [line for line in text.splitlines()[1:]
+                     if separator in line and line.rsplit(separator, 1)[1].strip().strip('"') in known]
+        if swallowed:
+            raise DataError(
+                f"{table.path}: row {row}'s text spans {text.count(chr(10)) + 1} lines, {len(swallowed)} of which "
+                f"look like rows of their own (for example {swallowed[0][:60]!r}): an unbalanced quote?",
+                hint='Check the quotes on and just before that row; a quote inside a field is written "".')
+
+
+def data_warnings(path: Path, texts: list[str], labels: list[str],
+                  val_texts: list[str] | None = None) -> list[str]:
+    """Problems worth knowing that do not stop training: duplicates, conflicting labels, train/validation
+    overlap, extreme class imbalance."""
+    warnings: list[str] = []
+    normalized = [" ".join(t.split()).casefold() for t in texts]
+    by_text: dict[str, set[str]] = {}
+    for text, label in zip(normalized, labels, strict=True):
+        by_text.setdefault(text, set()).add(label)
+    duplicates = len(normalized) - len(by_text)
+    if duplicates:
+        warnings.append(f"{path}: {duplicates} duplicate text(s) (after case and whitespace folding).")
+    conflicts = [t for t, labels in by_text.items() if len(labels) > 1]
+    if conflicts:
+        warnings.append(f"{path}: {len(conflicts)} text(s) appear with different labels, "
+                        f"for example {conflicts[0][:60]!r}.")
+    if val_texts:
+        overlap = sum(" ".join(t.split()).casefold() in by_text for t in val_texts)
+        if overlap:
+            warnings.append(f"{overlap} of {len(val_texts)} validation text(s) ({overlap / len(val_texts):.1%}) also "
+                            "appear in the training data: validation scores will be optimistic.")
+    counts = Counter(labels)
+    (top, top_n), (low, low_n) = counts.most_common()[0], counts.most_common()[-1]
+    if top_n >= 20 * low_n:
+        warnings.append(f"Classes are very imbalanced: {top!r} has {top_n} rows, {low!r} only {low_n}. "
+                        "Consider macro_f1 (the default --metric) and more data for rare classes.")
+    return warnings
 
 
 def sorted_labels(labels: list[str]) -> list[str]:

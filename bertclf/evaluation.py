@@ -94,7 +94,7 @@ def evaluate(config) -> dict:
     manifest = read_manifest(config.run_dir)  # before reading data: a wrong run dir is the likelier mistake
     data = read_labelled(config.data_file, text_column=config.text_column or manifest.get("text_column"),
                          label_column=config.label_column or manifest.get("label_column"),
-                         encoding=config.encoding)
+                         encoding=config.encoding, fmt=config.data_format, drop_empty=config.drop_empty)
     predictor = Predictor.from_dir(config.run_dir, cpu=config.cpu, max_length=config.max_length,
                                    truncation=config.truncation)
     labels = predictor.labels

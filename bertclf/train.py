@@ -19,6 +19,7 @@ from bertclf.data import (
     LabelledData,
     LengthGroupedSampler,
     check_label_set,
+    data_warnings,
     encode_texts,
     padding_collator,
     read_labelled,
@@ -107,14 +108,15 @@ def _load_splits(config: TrainConfig) -> tuple[LabelledData, list[int], Labelled
     """Read and validate all data before any model loads. Returns the train data with the row indices used
     for training, the validation data (None when split from train) with its indices, and the label list."""
     train_data = read_labelled(config.train_file, text_column=config.text_column,
-                               label_column=config.label_column, encoding=config.encoding)
+                               label_column=config.label_column, encoding=config.encoding,
+                               fmt=config.data_format, drop_empty=config.drop_empty)
     labels = check_label_set(train_data)
     if config.validation_file is None:
         train_idx, val_idx = stratified_split(train_data.labels, config.validation_split, config.seed)
         return train_data, train_idx, None, val_idx, labels
     val_data = read_labelled(config.validation_file, text_column=config.text_column or train_data.text_column,
                              label_column=config.label_column or train_data.label_column,
-                             encoding=config.encoding)
+                             encoding=config.encoding, drop_empty=config.drop_empty)
     unseen = unknown_labels(val_data.labels, labels)
     if unseen:
         listed = ", ".join(f"{label!r} ({count})" for label, count in unseen.most_common())
@@ -184,6 +186,11 @@ def train(config: TrainConfig) -> TrainResult:
     val_texts = [val_source.texts[i] for i in val_idx]
     val_label_ids = [labels.index(val_source.labels[i]) for i in val_idx]
 
+    warnings = data_warnings(config.train_file, train_texts, [train_data.labels[i] for i in train_idx], val_texts)
+    if is_main:
+        for warning in warnings:
+            console.warn(warning)
+
     resolved = resolve_model(config.model, train_texts)
     if is_main:
         console.info(f"Model [bold]{resolved.name}[/bold] ({resolved.source}"
@@ -233,6 +240,7 @@ def train(config: TrainConfig) -> TrainResult:
         "train_rows": len(train_texts),
         "validation_rows": len(val_texts),
         "truncated": {"train": train_encoded.truncated, "validation": val_encoded.truncated},
+        "data_warnings": warnings,
         "steps": {"total": total_steps, "per_epoch": steps_per_epoch},
         "metric": config.metric,
     })
