@@ -384,6 +384,81 @@ def _prediction_row(number: int, row: dict, id_col: str | None, prediction, labe
     return out
 
 
+# ------------------------------------------------------------------------------------------- inspect
+@app.command()
+def inspect(
+    data: Annotated[Path, typer.Argument(help="Labelled file: CSV, TSV, JSON, JSONL, Parquet or fastText lines.",
+                                         show_default=False)],
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Count tokens with this model's tokenizer "
+                     "(as for train --model). Default: characters only.")] = None,
+    max_length: Annotated[int, typer.Option(help="Report how many texts exceed this many tokens.")] = 128,
+    against: Annotated[Path | None, typer.Option(help="Another file (say, the test set): texts in both, and its "
+                       "labels missing here.")] = None,
+    text_column: Annotated[str | None, typer.Option(help="Text column. Default: text, sentence, content, review.")]
+    = None,
+    label_column: Annotated[str | None, typer.Option(help="Label column. Default: label, labels, target, "
+                            "category.")] = None,
+    encoding: Annotated[str | None, typer.Option(help="File encoding. Default: UTF-8, then GB18030.")] = None,
+    data_format: Annotated[str | None, typer.Option("--format", help="Default: from the file extension.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
+) -> None:
+    """Describe a data file: rows, encoding, label distribution, text lengths, duplicates, conflicts, overlap.
+
+    Examples:
+
+        bertclf inspect examples/zh_reviews.csv --model scratch
+
+        bertclf inspect examples/en_topics.csv -m all-MiniLM-L6-v2 --against examples/en_topics_test.csv
+    """
+    with user_errors():
+        from bertclf.inspection import inspect_file
+
+        report = inspect_file(data, text_column=text_column, label_column=label_column, encoding=encoding,
+                              fmt=data_format, model=model, max_length=max_length, against=against)
+    if json_output:
+        console.print_json(report)
+        return
+    _render_inspection(report)
+
+
+def _render_inspection(report: dict) -> None:
+    from rich.table import Table
+
+    out = console.out
+    out.print(f"[bold]{report['path']}[/bold]: {report['rows']} rows, {report['format']}, {report['encoding']}; "
+              f"text column {report['text_column']!r}, label column {report['label_column']!r}")
+    labels = Table(title=f"{len(report['labels'])} labels", header_style="bold")
+    labels.add_column("label")
+    labels.add_column("rows", justify="right")
+    labels.add_column("share", justify="right")
+    labels.add_column("")
+    top = max(report["labels"].values())
+    for label, count in report["labels"].items():
+        bar = "█" * max(1, round(30 * count / top))
+        labels.add_row(label, str(count), f"{count / report['rows_with_text']:.1%}", bar)
+    out.print(labels)
+    lengths = Table(title="Text length", header_style="bold")
+    lengths.add_column("unit")
+    for key in report["char_length"]:
+        lengths.add_column(key, justify="right")
+    lengths.add_row("characters", *[f"{v:.0f}" for v in report["char_length"].values()])
+    if "tokens" in report:
+        lengths.add_row(f"tokens ({report['tokens']['model']})",
+                        *[f"{v:.0f}" for v in report["tokens"]["percentiles"].values()])
+    out.print(lengths)
+    if "tokens" in report:
+        tokens = report["tokens"]
+        out.print(f"{tokens['truncated']} texts ({tokens['truncated_share']:.1%}) exceed {tokens['max_length']} "
+                  "tokens.")
+    out.print(f"Duplicate texts: {report['duplicate_texts']}; texts with conflicting labels: "
+              f"{report['conflicting_texts']}")
+    if "against" in report:
+        other = report["against"]
+        out.print(f"Against {other['path']}: {other['overlapping_texts']} of {other['rows']} texts "
+                  f"({other['overlap_share']:.1%}) also appear here; labels missing here: "
+                  f"{other['labels_not_in_this_file'] or 'none'}")
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

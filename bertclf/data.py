@@ -128,6 +128,9 @@ def read_table(path: Path, *, encoding: str | None = None, fmt: str | None = Non
         raise DataError(f"{path}: looks like a binary file, not {fmt.upper()} text.",
                         hint="Check that you passed the right file.")
     text, used_encoding = decode_bytes(path, raw, encoding)
+    if fmt in ("csv", "tsv") and text.lstrip()[:1] in ("[", "{"):
+        raise DataError(f"{path}: looks like JSON, not {fmt.upper()}.",
+                        hint="Name it .json (an array) or .jsonl (one object a line), or pass --format.")
     if fmt in ("csv", "tsv"):
         columns, rows = _parse_delimited(path, text, "," if fmt == "csv" else "\t")
     elif fmt == "fasttext":
