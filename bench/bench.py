@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -494,6 +495,8 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary work directory (run dirs, files)")
     parser.add_argument("--output", type=Path, help="results JSON path (default bench/results/<timestamp>.json)")
     args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C: the running child is killed, partial results saved, the work dir removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     from rich.console import Console
 

@@ -68,6 +68,10 @@ def run(cmd: list[str], env: dict[str, str], *, cwd: Path | None = None, timeout
         killer.start()
         try:
             _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:  # Ctrl-C or SIGTERM of the benchmark: take the measured child down too
+            proc.kill()
+            os.wait4(proc.pid, 0)
+            raise
         finally:
             killer.cancel()
         wall = time.perf_counter() - started

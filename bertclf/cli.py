@@ -140,6 +140,13 @@ def train(
                    rich_help_panel=RUN_PANEL)] = False,
     log_every: Annotated[int, typer.Option(help="Optimizer steps between train_log.jsonl lines.",
                          rich_help_panel=RUN_PANEL)] = D.log_every,
+    save_every: Annotated[int | None, typer.Option(help="Write a resumable checkpoint every N optimizer steps.",
+                          rich_help_panel=RUN_PANEL)] = None,
+    keep: Annotated[int, typer.Option(help="Checkpoints to keep (older ones are deleted once a newer one is "
+                    "complete).", rich_help_panel=RUN_PANEL)] = D.keep,
+    resume: Annotated[str | None, typer.Option("--resume", metavar="[CHECKPOINT]", help="Continue the run in "
+                      "--output from its newest valid checkpoint, or from the CHECKPOINT directory given.",
+                      rich_help_panel=RUN_PANEL)] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout.",
                            rich_help_panel=RUN_PANEL)] = False,
 ) -> None:
@@ -160,7 +167,7 @@ def train(
             warmup_ratio=warmup_ratio, grad_accum=grad_accum, max_grad_norm=max_grad_norm,
             eval_every=eval_every, early_stopping=early_stopping, metric=metric, seed=seed,
             mixed_precision=mixed_precision, cpu=cpu, encoding=encoding, data_format=data_format,
-            drop_empty=drop_empty, log_every=log_every,
+            drop_empty=drop_empty, log_every=log_every, save_every=save_every, keep=keep, resume=resume,
             argv=tuple(sys.argv),
         )
         from bertclf.train import train as run_training
@@ -459,10 +466,24 @@ def _render_inspection(report: dict) -> None:
                   f"{other['labels_not_in_this_file'] or 'none'}")
 
 
+def normalize_resume(argv: list[str]) -> list[str]:
+    """`--resume` takes an optional value: bare `--resume` means the newest checkpoint ("latest"). The next
+    argument is taken as the checkpoint only when it is an existing directory, so `train --resume data.csv`
+    still reads data.csv as the data."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        if arg == "--resume":
+            following = argv[i + 1] if i + 1 < len(argv) else None
+            if following is None or not Path(following).is_dir():
+                out.append("latest")
+    return out
+
+
 def main() -> None:
     """Console-script entry point."""
     try:
-        app(prog_name="bertclf")
+        app(args=normalize_resume(sys.argv[1:]), prog_name="bertclf")
     except UsageError as exc:  # raised outside a command body (should not happen, but never a traceback)
         console.err.print(f"Error: {exc.message}")
         sys.exit(exc.exit_code)

@@ -64,6 +64,9 @@ class TrainConfig:
     data_format: str | None = None  # None: from the file extension
     drop_empty: bool = False  # leave out rows with an empty text (with a warning) instead of failing
     log_every: int = 50  # optimizer steps between train_log.jsonl lines
+    save_every: int | None = None  # optimizer steps between checkpoints; None: no periodic checkpoints
+    keep: int = 2  # checkpoints kept; older ones are deleted only after a newer one is complete
+    resume: str | None = None  # "latest" (newest valid checkpoint in --output) or a checkpoint path
     argv: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
@@ -91,6 +94,11 @@ class TrainConfig:
         _check(self.mixed_precision in MIXED_PRECISION_MODES, "--mixed-precision", self.mixed_precision,
                f"Choose one of: {', '.join(MIXED_PRECISION_MODES)}.")
         _check(self.log_every > 0, "--log-every", self.log_every, "Give a positive number of steps.")
+        _check(self.save_every is None or self.save_every > 0, "--save-every", self.save_every,
+               "Give a positive number of steps.")
+        _check(self.keep >= 1, "--keep", self.keep, "Keep at least 1 checkpoint.")
+        _check(not (self.resume and self.overwrite), "--resume", self.resume,
+               "--resume continues the run in --output; it cannot be combined with --overwrite.")
 
     @property
     def greater_is_better(self) -> bool:

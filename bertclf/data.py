@@ -489,10 +489,9 @@ class LengthGroupedSampler:
     def __init__(self, lengths: list[int], batch_size: int, seed: int, batches_per_group: int = 8):
         self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
         self.group_size = batch_size * batches_per_group
+        # Set by the training loop. Deliberately no set_epoch() method: accelerate calls set_epoch with its
+        # own per-DataLoader iteration count, which restarts at 0 after a resume.
         self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.lengths)

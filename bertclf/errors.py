@@ -67,3 +67,9 @@ class DivergedError(BertclfError):
     """Training stopped because the loss became NaN or infinite."""
 
     exit_code = EXIT_DIVERGED
+
+
+class InterruptedRunError(BertclfError):
+    """SIGINT/SIGTERM stopped training after a checkpoint was written (exit 130, or 143 for SIGTERM)."""
+
+    exit_code = EXIT_SIGINT

@@ -6,13 +6,15 @@ import json
 import math
 import os
 import shutil
+import signal
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bertclf import console
+from bertclf import checkpoint, console
 from bertclf.config import TrainConfig
 from bertclf.data import (
     EncodedDataset,
@@ -26,7 +28,15 @@ from bertclf.data import (
     stratified_split,
     unknown_labels,
 )
-from bertclf.errors import DataError, DivergedError, OutputError, UsageError
+from bertclf.errors import (
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    DataError,
+    DivergedError,
+    InterruptedRunError,
+    OutputError,
+    UsageError,
+)
 from bertclf.metrics import scalar_metrics
 from bertclf.runinfo import MANIFEST, base_manifest, model_card, write_json_atomic
 
@@ -67,11 +77,15 @@ def default_output_dir(train_file: Path) -> Path:
     return Path("runs") / f"{train_file.stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-def prepare_output_dir(output: Path, overwrite: bool) -> None:
+def prepare_output_dir(output: Path, overwrite: bool, resume: bool = False) -> None:
     """Refuse to mix two runs in one directory unless --overwrite; fail early (exit 74) if unwritable."""
     if output.exists() and not output.is_dir():
         raise UsageError(f"--output {output} exists and is not a directory.")
-    if output.is_dir() and any(output.iterdir()):
+    if resume:
+        if not (output / MANIFEST).is_file():
+            raise UsageError(f"--resume: {output} holds no bertclf run to resume.",
+                             hint="Pass the --output directory of the interrupted run.")
+    elif output.is_dir() and any(output.iterdir()):
         if not overwrite:
             raise UsageError(f"--output {output} is not empty.",
                              hint="Choose another directory, or pass --overwrite to replace the run in it.")
@@ -142,9 +156,9 @@ def _build_optimizer(model, config: TrainConfig, lr: float):
 class _Logger:
     """train_log.jsonl lines (main process only) and progress on stderr."""
 
-    def __init__(self, path: Path, enabled: bool):
+    def __init__(self, path: Path, enabled: bool, append: bool = False):
         self.enabled = enabled
-        self.file = path.open("w", encoding="utf-8") if enabled else None
+        self.file = path.open("a" if append else "w", encoding="utf-8") if enabled else None
 
     def write(self, record: dict) -> None:
         if self.file is not None:
@@ -164,7 +178,7 @@ def train(config: TrainConfig) -> TrainResult:
     output = config.output or default_output_dir(config.train_file)
 
     import torch
-    from accelerate import Accelerator
+    from accelerate import Accelerator, skip_first_batches
     from accelerate.utils import set_seed
     from transformers import get_linear_schedule_with_warmup
 
@@ -176,7 +190,7 @@ def train(config: TrainConfig) -> TrainResult:
                               gradient_accumulation_steps=config.grad_accum)
     is_main = accelerator.is_main_process
     if is_main:
-        prepare_output_dir(output, config.overwrite)
+        prepare_output_dir(output, config.overwrite, resume=bool(config.resume))
     accelerator.wait_for_everyone()
     set_seed(config.seed)
 
@@ -245,7 +259,6 @@ def train(config: TrainConfig) -> TrainResult:
         "metric": config.metric,
     })
     if is_main:
-        write_json_atomic(output / MANIFEST, manifest)
         tokenizer.save_pretrained(str(output))
         shutil.rmtree(output / ".scratch-vocab", ignore_errors=True)
         n_params = sum(p.numel() for p in model.parameters())
@@ -261,100 +274,151 @@ def train(config: TrainConfig) -> TrainResult:
                 console.info(f"{count} of {total} {split} texts ({count / total:.1%}) exceed {max_length} tokens "
                              f"and are truncated ({config.truncation}).")
 
-    log = _Logger(output / "train_log.jsonl", is_main)
-    best_value: float | None = None
-    best_step = 0
-    best_metrics: dict[str, Any] = {}
-    evals_without_improvement = 0
-    step = 0
-    samples_seen = 0
-    train_seconds = 0.0
-    loss_sum, loss_count = 0.0, 0
+    loop = LoopState()
+    pending_rng = None  # RNG states of a resumed checkpoint, restored once its epoch has started
+    fingerprint = checkpoint.fingerprint(config.to_dict(), {k: v["sha256"] for k, v in manifest["data"].items()
+                                                            if v}, labels)
+    if config.resume:
+        resumed = checkpoint.find_checkpoint(output, config.resume)
+        checkpoint.check_compatible(resumed.state["fingerprint"], fingerprint)
+        pending_rng = checkpoint.load_training_state(resumed, accelerator.unwrap_model(model), optimizer,
+                                                     scheduler)
+        loop = LoopState(**resumed.state["loop"])
+        if loop.batches_in_epoch == 0:
+            # At an epoch boundary the uninterrupted run starts the next epoch (drawing a loader seed)
+            # after this state, so restore it now; mid-epoch that draw already happened: restore later.
+            checkpoint.restore_rng(pending_rng)
+            pending_rng = None
+        manifest["resumed_from"] = str(resumed.path)
+        if is_main:
+            _truncate_log(output / "train_log.jsonl", loop.step)
+            console.info(f"Resuming from {resumed.path} (step {loop.step} of {total_steps}).")
+    if is_main:
+        write_json_atomic(output / MANIFEST, manifest)
+
+    log = _Logger(output / "train_log.jsonl", is_main, append=bool(config.resume))
+    best_metrics: dict[str, Any] = (json.loads((output / "metrics.json").read_text())
+                                    if config.resume and (output / "metrics.json").is_file() else {})
     window_start, window_samples = time.perf_counter(), 0
-    stop = False
+    stop_hook = int(os.environ.get("BERTCLF_STOP_AFTER_STEP", "0"))  # tests: act as if SIGTERM came then
+    signals = _StopSignals(is_main)
 
     def evaluate_and_keep_best() -> None:
-        nonlocal best_value, best_step, best_metrics, evals_without_improvement, stop
+        nonlocal best_metrics
         logits = predict_logits(accelerator.unwrap_model(model), tokenizer, val_encoded, config.batch_size * 2,
                                 accelerator=accelerator)
         import numpy as np
 
         metrics = score_logits(logits, np.asarray(val_label_ids), labels)
         value = metrics[config.metric]
-        improved = best_value is None or (value > best_value if config.greater_is_better else value < best_value)
+        improved = loop.best_value is None or (
+            value > loop.best_value if config.greater_is_better else value < loop.best_value)
         if improved:
-            best_value, best_step, best_metrics = value, step, metrics
-            evals_without_improvement = 0
-            unwrapped = accelerator.unwrap_model(model)
+            loop.best_value, loop.best_step, best_metrics = value, loop.step, metrics
+            loop.evals_without_improvement = 0
+            state_dict = accelerator.get_state_dict(model)
             if is_main:  # the run directory always holds the best model so far
-                unwrapped.save_pretrained(str(output), safe_serialization=True,
-                                          state_dict=accelerator.get_state_dict(model))
+                accelerator.unwrap_model(model).save_pretrained(str(output), safe_serialization=True,
+                                                                state_dict=state_dict)
+                write_json_atomic(output / "metrics.json", {"split": "validation", "step": loop.step, **metrics})
         else:
-            evals_without_improvement += 1
-            if config.early_stopping and evals_without_improvement >= config.early_stopping:
-                stop = True
-        log.write({"type": "eval", "step": step, "epoch": round(step / steps_per_epoch, 4),
+            loop.evals_without_improvement += 1
+            if config.early_stopping and loop.evals_without_improvement >= config.early_stopping:
+                loop.stopped_early = True
+        log.write({"type": "eval", "step": loop.step, "epoch": round(loop.step / steps_per_epoch, 4),
                    **{f"val_{k}": v for k, v in scalar_metrics(metrics).items()}, "best": improved})
         if is_main:
-            console.info(f"step {step}/{total_steps} (epoch {step / steps_per_epoch:.2f}): validation "
-                         f"{config.metric} {value:.4f}, accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}"
-                         f"{'  [green]best[/green]' if improved else ''}"
-                         f"{'  early stop' if stop else ''}")
+            console.info(f"step {loop.step}/{total_steps} (epoch {loop.step / steps_per_epoch:.2f}): validation "
+                         f"{config.metric} {value:.4f}, accuracy {metrics['accuracy']:.4f}, "
+                         f"loss {metrics['loss']:.4f}{'  [green]best[/green]' if improved else ''}"
+                         f"{'  early stop' if loop.stopped_early else ''}")
+
+    def write_checkpoint() -> Path | None:
+        state_dict = accelerator.get_state_dict(model)
+        path = None
+        if is_main:
+            position = asdict(loop)
+            if loop.batches_in_epoch >= len(train_loader):  # the epoch is done: resume at the next one
+                position.update(epoch=loop.epoch + 1, batches_in_epoch=0)
+            path = checkpoint.save_checkpoint(output, step=loop.step, model_state=state_dict, optimizer=optimizer,
+                                              scheduler=scheduler, keep=config.keep,
+                                              loop_state={"loop": position, "fingerprint": fingerprint})
+        accelerator.wait_for_everyone()
+        return path
 
     progress = console.make_progress() if is_main else None
-    task = progress.add_task("training", total=total_steps, status="") if progress else None
+    task = progress.add_task("training", total=total_steps, completed=loop.step, status="") if progress else None
     if progress:
         progress.start()
     model.train()
-    epoch = 0
     try:
-        while step < total_steps and not stop:
-            sampler.set_epoch(epoch)  # a fresh, reproducible order every epoch
-            tick = time.perf_counter()
-            for batch in train_loader:
-                with accelerator.accumulate(model):
-                    loss = model(**batch).loss
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad()
-                loss_sum += loss.detach().float().item()
-                loss_count += 1
-                batch_samples = batch["input_ids"].shape[0] * accelerator.num_processes
-                samples_seen += batch_samples
-                window_samples += batch_samples
-                if not accelerator.sync_gradients:
-                    continue
-                scheduler.step()
-                step += 1
-                if not math.isfinite(loss_sum):
-                    raise DivergedError(f"The training loss became {loss_sum} at step {step}.",
-                                        hint="Lower --lr, or check the data for extreme inputs.")
-                if step % config.log_every == 0 or step == total_steps:
-                    now = time.perf_counter()
-                    rate = window_samples / max(now - window_start, 1e-9)
-                    log.write({"type": "train", "step": step, "epoch": round(step / steps_per_epoch, 4),
-                               "loss": loss_sum / loss_count, "learning_rate": scheduler.get_last_lr()[0],
-                               "samples_per_second": round(rate, 2)})
+        with signals:
+            while loop.step < total_steps and not loop.stopped_early:
+                sampler.epoch = loop.epoch  # a fresh, reproducible order every epoch
+                # After a resume, skip the batches of this epoch that the checkpoint already trained on.
+                batches = skip_first_batches(train_loader, loop.batches_in_epoch) if loop.batches_in_epoch \
+                    else train_loader
+                tick = time.perf_counter()
+                for batch in batches:
+                    if pending_rng is not None:
+                        checkpoint.restore_rng(pending_rng)
+                        pending_rng = None
+                    with accelerator.accumulate(model):
+                        loss = model(**batch).loss
+                        accelerator.backward(loss)
+                        if accelerator.sync_gradients:
+                            accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                        optimizer.step()
+                        optimizer.zero_grad()
+                    loop.loss_sum += loss.detach().float().item()
+                    loop.loss_count += 1
+                    loop.batches_in_epoch += 1
+                    batch_samples = batch["input_ids"].shape[0] * accelerator.num_processes
+                    loop.samples_seen += batch_samples
+                    window_samples += batch_samples
+                    if not accelerator.sync_gradients:
+                        continue
+                    scheduler.step()
+                    loop.step += 1
+                    if not math.isfinite(loop.loss_sum):
+                        raise DivergedError(f"The training loss became {loop.loss_sum} at step {loop.step}.",
+                                            hint="Lower --lr, or check the data for extreme inputs. "
+                                            "Checkpoints written before this step are intact.")
+                    if loop.step % config.log_every == 0 or loop.step == total_steps:
+                        now = time.perf_counter()
+                        rate = window_samples / max(now - window_start, 1e-9)
+                        lr_now = scheduler.get_last_lr()[0]
+                        log.write({"type": "train", "step": loop.step, "epoch": round(loop.step / steps_per_epoch, 4),
+                                   "loss": loop.loss_sum / loop.loss_count, "learning_rate": lr_now,
+                                   "samples_per_second": round(rate, 2)})
+                        if progress:
+                            progress.update(task, status=f"loss {loop.loss_sum / loop.loss_count:.4f}  "
+                                            f"lr {lr_now:.2e}  {rate:.1f} samples/s")
+                        loop.loss_sum, loop.loss_count = 0.0, 0
+                        window_start, window_samples = now, 0
                     if progress:
-                        progress.update(task, status=f"loss {loss_sum / loss_count:.4f}  "
-                                        f"lr {scheduler.get_last_lr()[0]:.2e}  {rate:.1f} samples/s")
-                    loss_sum, loss_count = 0.0, 0
-                    window_start, window_samples = now, 0
-                if progress:
-                    progress.update(task, completed=step,
-                                    description=f"epoch {step / steps_per_epoch:.2f}")
-                if step % eval_every == 0 or step == total_steps:
-                    paused = time.perf_counter()
-                    train_seconds += paused - tick
-                    evaluate_and_keep_best()
-                    tick = time.perf_counter()
-                    window_start += tick - paused  # evaluation time does not count as training time
-                if step >= total_steps or stop:
-                    break
-            train_seconds += time.perf_counter() - tick
-            epoch += 1
+                        progress.update(task, completed=loop.step,
+                                        description=f"epoch {loop.step / steps_per_epoch:.2f}")
+                    if loop.step % eval_every == 0 or loop.step == total_steps:
+                        paused = time.perf_counter()
+                        loop.train_seconds += paused - tick
+                        evaluate_and_keep_best()
+                        tick = time.perf_counter()
+                        window_start += tick - paused  # evaluation time does not count as training time
+                    if stop_hook and loop.step == stop_hook:
+                        signals.requested = signal.SIGTERM
+                    if signals.requested or (config.save_every and loop.step % config.save_every == 0):
+                        loop.train_seconds += time.perf_counter() - tick
+                        tick = time.perf_counter()
+                        saved = write_checkpoint()
+                        if signals.requested:
+                            raise _interrupted(signals.requested, saved, config)
+                    if loop.step >= total_steps or loop.stopped_early:
+                        break
+                else:  # the epoch ran to its end
+                    loop.epoch += 1
+                    loop.batches_in_epoch = 0
+                loop.train_seconds += time.perf_counter() - tick
     finally:
         if progress:
             progress.stop()
@@ -363,27 +427,88 @@ def train(config: TrainConfig) -> TrainResult:
     accelerator.wait_for_everyone()
     manifest.update({
         "completed": True,
-        "best_step": best_step,
-        "best_metric": {config.metric: best_value},
-        "steps_done": step,
-        "stopped_early": stop,
-        "timings": {"train_seconds": round(train_seconds, 2), "total_seconds": round(time.perf_counter() - started, 2),
-                    "samples_per_second": round(samples_seen / max(train_seconds, 1e-9), 2)},
+        "best_step": loop.best_step,
+        "best_metric": {config.metric: loop.best_value},
+        "steps_done": loop.step,
+        "stopped_early": loop.stopped_early,
+        "timings": {"train_seconds": round(loop.train_seconds, 2),
+                    "total_seconds": round(time.perf_counter() - started, 2),
+                    "samples_per_second": round(loop.samples_seen / max(loop.train_seconds, 1e-9), 2)},
     })
     if is_main:
-        write_json_atomic(output / "metrics.json", {"split": "validation", "step": best_step, **best_metrics})
         (output / "README.md").write_text(model_card(manifest, best_metrics), encoding="utf-8")
         write_json_atomic(output / MANIFEST, manifest)  # last: completed=true means everything else is there
     accelerator.end_training()
     return TrainResult(
         output_dir=output,
-        best_step=best_step,
-        best_metric=float(best_value if best_value is not None else float("nan")),
+        best_step=loop.best_step,
+        best_metric=float(loop.best_value if loop.best_value is not None else float("nan")),
         metric=config.metric,
-        validation_metrics=best_metrics,
-        steps=step,
-        epochs=step / steps_per_epoch,
-        train_seconds=train_seconds,
-        samples_per_second=samples_seen / max(train_seconds, 1e-9),
+        validation_metrics={k: v for k, v in best_metrics.items() if k not in ("split", "step")},
+        steps=loop.step,
+        epochs=loop.step / steps_per_epoch,
+        train_seconds=loop.train_seconds,
+        samples_per_second=loop.samples_seen / max(loop.train_seconds, 1e-9),
         manifest=manifest,
     )
+
+
+@dataclass
+class LoopState:
+    """Where the training loop stands; saved in every checkpoint so a resumed run continues exactly."""
+
+    step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0  # batches of the current epoch already trained on
+    best_value: float | None = None
+    best_step: int = 0
+    evals_without_improvement: int = 0
+    stopped_early: bool = False
+    loss_sum: float = 0.0  # running loss since the last train_log line
+    loss_count: int = 0
+    samples_seen: int = 0
+    train_seconds: float = 0.0
+
+
+class _StopSignals:
+    """SIGINT/SIGTERM: the first asks the loop to finish its step and checkpoint; a second exits at once
+    (checkpoints are written under a temporary name, so none is left half-written)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.requested: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested is not None:
+            os._exit(EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM)
+        self.requested = signum
+        console.warn(f"{signal.Signals(signum).name} received: finishing this step and writing a checkpoint "
+                     "(send it again to stop at once).")
+
+    def __enter__(self):
+        if self.enabled:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def _interrupted(signum: int, saved: Path | None, config: TrainConfig) -> InterruptedRunError:
+    argv = " ".join(a for a in config.argv[1:] if a not in ("--overwrite", "--resume")) or "train ..."
+    error = InterruptedRunError(f"Training interrupted by {signal.Signals(signum).name}; checkpoint written to "
+                                f"{saved}.", hint=f"Resume with: bertclf {argv} --resume")
+    error.exit_code = EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM
+    return error
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop train_log.jsonl lines written after the checkpoint being resumed (they will be written again)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")

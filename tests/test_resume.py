@@ -1,0 +1,171 @@
+"""Never lose a run: interrupted and resumed training ends exactly where an uninterrupted one does."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import EXAMPLES, ROOT, write_csv
+
+from bertclf.errors import EXIT_SIGTERM, EXIT_USAGE
+
+# 216 training rows in batches of 16: 14 batches an epoch, 42 optimizer steps in 3 epochs.
+BASE = ["--epochs", "3", "--batch-size", "16", "--lr", "2e-3", "--cpu", "--save-every", "7", "--keep", "10",
+        "--log-every", "3"]
+
+
+def _sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _losses(run):
+    return [(r["step"], r.get("loss"), r.get("val_macro_f1"))
+            for r in map(json.loads, (run / "train_log.jsonl").read_text().splitlines())]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, cli, tiny_model_dir):
+    runs = {}
+    for accum in ("1", "2"):
+        out = tmp_path_factory.mktemp("full") / f"accum{accum}"
+        code, _, stderr = cli("train", EXAMPLES / "en_topics.csv", "-m", tiny_model_dir, "-o", out, *BASE,
+                              "--grad-accum", accum)
+        assert code == 0, stderr
+        runs[accum] = out
+    return runs
+
+
+@pytest.mark.parametrize(("stop_at", "accum"), [(5, "1"), (14, "1"), (4, "2")],
+                         ids=["mid-epoch", "epoch-boundary", "grad-accum-2"])
+def test_resume_gives_bitwise_equal_weights_and_the_same_loss_log(stop_at, accum, uninterrupted, tmp_path, cli,
+                                                                    tiny_model_dir, monkeypatch):
+    out = tmp_path / "run"
+    args = ["train", EXAMPLES / "en_topics.csv", "-m", tiny_model_dir, "-o", out, *BASE, "--grad-accum", accum]
+    monkeypatch.setenv("BERTCLF_STOP_AFTER_STEP", str(stop_at))
+    code, _, stderr = cli(*args)
+    assert code == EXIT_SIGTERM and "--resume" in stderr
+    assert json.loads((out / "bertclf.json").read_text())["completed"] is False
+    monkeypatch.delenv("BERTCLF_STOP_AFTER_STEP")
+    code, _, stderr = cli(*args, "--resume", "latest")
+    assert code == 0, stderr
+    full = uninterrupted[accum]
+    final = max((full / "checkpoints").iterdir(), key=lambda p: int(p.name.split("-")[1])).name
+    assert _sha(out / "checkpoints" / final / "model.safetensors") == _sha(full / "checkpoints" / final /
+                                                                          "model.safetensors")
+    assert _sha(out / "model.safetensors") == _sha(full / "model.safetensors")  # the best model, too
+    assert _losses(out) == _losses(full)
+    assert json.loads((out / "bertclf.json").read_text())["completed"] is True
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(uninterrupted, tmp_path, cli, tiny_model_dir,
+                                                                  monkeypatch):
+    out = tmp_path / "run"
+    args = ["train", EXAMPLES / "en_topics.csv", "-m", tiny_model_dir, "-o", out, *BASE]
+    monkeypatch.setenv("BERTCLF_STOP_AFTER_STEP", "21")
+    assert cli(*args)[0] == EXIT_SIGTERM
+    monkeypatch.delenv("BERTCLF_STOP_AFTER_STEP")
+    newest = out / "checkpoints" / "step-21" / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a truncated weights file
+    code, _, stderr = cli(*args, "--resume", "latest")
+    assert code == 0, stderr
+    assert "Skipping checkpoint" in stderr and "step-21" in stderr and "step 14" in stderr
+    final = out / "checkpoints" / "step-42" / "model.safetensors"
+    assert _sha(final) == _sha(uninterrupted["1"] / "checkpoints" / "step-42" / "model.safetensors")
+
+
+def test_resume_with_changed_settings_or_data_is_refused(uninterrupted, tmp_path, cli, tiny_model_dir):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(uninterrupted["1"], out)
+    args = ["-m", tiny_model_dir, "-o", out, *BASE, "--resume", "latest"]
+    code, _, stderr = cli("train", EXAMPLES / "en_topics.csv", *args, "--lr", "1e-3")
+    assert code == EXIT_USAGE and "lr" in stderr
+    other = write_csv(tmp_path / "other.csv", [("sunny day", "weather"), ("goal", "sports")] * 20)
+    code, _, stderr = cli("train", other, *args)
+    assert code == EXIT_USAGE and "data" in stderr
+    code, _, stderr = cli("train", EXAMPLES / "en_topics.csv", *args, "--epochs", "4")  # may change
+    assert code == 0, stderr
+
+
+def test_rotation_keeps_the_newest_complete_checkpoints(tmp_path, cli, tiny_model_dir):
+    out = tmp_path / "run"
+    code, _, stderr = cli("train", EXAMPLES / "en_topics.csv", "-m", tiny_model_dir, "-o", out, "--max-steps", "12",
+                          "--save-every", "3", "--keep", "2", "--cpu")
+    assert code == 0, stderr
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-12", "step-9"]
+
+
+def test_sigterm_mid_training_writes_a_checkpoint_and_resume_matches(uninterrupted, tmp_path, tiny_model_dir):
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "bertclf", "train", str(EXAMPLES / "en_topics.csv"), "-m", str(tiny_model_dir),
+            "-o", str(out), *BASE]
+    env = {**os.environ, "BERTCLF_STEP_DELAY": "0"}
+    process = subprocess.Popen(args, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    log = out / "train_log.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not (log.exists() and log.read_text().count("\n") >= 2):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=240)
+    assert process.returncode == EXIT_SIGTERM, stderr
+    assert "Resume with" in stderr and "Traceback" not in stderr
+    assert list((out / "checkpoints").glob("step-*"))
+    resumed = subprocess.run([*args, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    full = uninterrupted["1"]
+    assert _sha(out / "checkpoints" / "step-42" / "model.safetensors") == _sha(
+        full / "checkpoints" / "step-42" / "model.safetensors")
+
+
+def test_pickle_weights_and_code_files_in_a_run_dir_are_never_executed(tmp_path, uninterrupted, cli):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted["1"], run, ignore=shutil.ignore_patterns("checkpoints"))
+    marker = tmp_path / "pwned"
+    # A custom code file and an auto_map that would run it under trust_remote_code:
+    (run / "modeling_evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    config = json.loads((run / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForSequenceClassification": "modeling_evil.Evil"}
+    (run / "config.json").write_text(json.dumps(config))
+    code, _, stderr = cli("predict", run, "--text", "hello", "--cpu")
+    assert code == 0, stderr and not marker.exists()
+    # A pickle in place of the safetensors weights is refused, not loaded:
+    (run / "model.safetensors").unlink()
+    (run / "pytorch_model.bin").write_bytes(b"\x80\x04cposix\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR.")
+    code, _, stderr = cli("predict", run, "--text", "hello", "--cpu")
+    assert code != 0 and "pickle" in stderr and not marker.exists()
+
+
+def test_disk_full_while_checkpointing_exits_74_and_keeps_earlier_files(tmp_path, cli, tiny_model_dir, monkeypatch):
+    import errno
+
+    import safetensors.torch
+
+    from bertclf.errors import EXIT_IO
+
+    out = tmp_path / "run"
+    real_save = safetensors.torch.save_file
+    calls = {"n": 0}
+
+    def failing_save(tensors, filename, *args, **kwargs):
+        if "checkpoints" in str(filename):
+            calls["n"] += 1
+            if calls["n"] == 5:  # two files a checkpoint: the third checkpoint hits a full disk
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", failing_save)
+    code, _, stderr = cli("train", EXAMPLES / "en_topics.csv", "-m", tiny_model_dir, "-o", out, "--max-steps", "12",
+                          "--save-every", "3", "--keep", "5", "--cpu")
+    assert code == EXIT_IO and "No space left on device" in stderr
+    from bertclf.checkpoint import list_checkpoints
+
+    assert [c.step for c in list_checkpoints(out / "checkpoints")] == [3, 6]  # both earlier ones verify
+    assert not list((out / "checkpoints").glob(".tmp-*"))
+    assert json.loads((out / "bertclf.json").read_text())["completed"] is False
