@@ -173,6 +173,8 @@ def train(
         from bertclf.train import train as run_training
 
         result = run_training(config)
+    if not result.is_main_process:
+        return
     if json_output:
         console.print_json(result.summary())
         return

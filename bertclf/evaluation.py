@@ -37,6 +37,9 @@ def predict_logits(model, tokenizer, encoded: Encoded, batch_size: int, *, accel
     loader = DataLoader(_Reordered(EncodedDataset(encoded), order), batch_size=batch_size, shuffle=False,
                         collate_fn=padding_collator(tokenizer))
     if accelerator is not None:
+        # Batches are split across processes (split_batches), so each still gets about batch_size texts.
+        loader = DataLoader(loader.dataset, batch_size=batch_size * accelerator.num_processes, shuffle=False,
+                            collate_fn=loader.collate_fn)
         loader = accelerator.prepare_data_loader(loader)
         device = accelerator.device
     was_training = model.training

@@ -57,6 +57,7 @@ class TrainResult:
     train_seconds: float
     samples_per_second: float
     manifest: dict[str, Any] = field(repr=False, default_factory=dict)
+    is_main_process: bool = True  # in a distributed run, only the main process reports
 
     def summary(self) -> dict[str, Any]:
         """The `--json` document."""
@@ -179,15 +180,18 @@ def train(config: TrainConfig) -> TrainResult:
 
     import torch
     from accelerate import Accelerator, skip_first_batches
-    from accelerate.utils import set_seed
+    from accelerate.utils import DataLoaderConfiguration, set_seed
     from transformers import get_linear_schedule_with_warmup
 
     from bertclf.evaluation import predict_logits, score_logits
     from bertclf.model import auto_learning_rate, load_for_training, resolve_model, usable_max_length
 
     mixed_precision = resolve_mixed_precision(config.mixed_precision, config.cpu)
+    # split_batches: the loader yields global batches (batch size x processes) that accelerate splits
+    # across processes, so N processes see exactly the batches of one process with N times the batch size.
     accelerator = Accelerator(mixed_precision=mixed_precision, cpu=config.cpu,
-                              gradient_accumulation_steps=config.grad_accum)
+                              gradient_accumulation_steps=config.grad_accum,
+                              dataloader_config=DataLoaderConfiguration(split_batches=True))
     is_main = accelerator.is_main_process
     if is_main:
         prepare_output_dir(output, config.overwrite, resume=bool(config.resume))
@@ -218,9 +222,10 @@ def train(config: TrainConfig) -> TrainResult:
     lr = config.lr if config.lr is not None else auto_learning_rate(model, resolved.source)
 
     # Length-grouped batches: texts of similar length share a batch, so padding stays small.
-    sampler = LengthGroupedSampler(train_encoded.lengths, config.batch_size, config.seed)
+    global_batch = config.batch_size * accelerator.num_processes
+    sampler = LengthGroupedSampler(train_encoded.lengths, global_batch, config.seed)
     train_loader = torch.utils.data.DataLoader(EncodedDataset(train_encoded, train_label_ids),
-                                               batch_size=config.batch_size, sampler=sampler,
+                                               batch_size=global_batch, sampler=sampler,
                                                collate_fn=padding_collator(tokenizer))
     optimizer = _build_optimizer(model, config, lr)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
@@ -373,6 +378,7 @@ def train(config: TrainConfig) -> TrainResult:
                     loop.loss_sum += loss.detach().float().item()
                     loop.loss_count += 1
                     loop.batches_in_epoch += 1
+                    # this process holds 1/num_processes of the global batch
                     batch_samples = batch["input_ids"].shape[0] * accelerator.num_processes
                     loop.samples_seen += batch_samples
                     window_samples += batch_samples
@@ -450,6 +456,7 @@ def train(config: TrainConfig) -> TrainResult:
         train_seconds=loop.train_seconds,
         samples_per_second=loop.samples_seen / max(loop.train_seconds, 1e-9),
         manifest=manifest,
+        is_main_process=is_main,
     )
 
 
