@@ -138,6 +138,11 @@ def train(
                                "on CPUs without native bf16.", rich_help_panel=RUN_PANEL)] = D.mixed_precision,
     cpu: Annotated[bool, typer.Option(help="Train on the CPU even if a GPU is present.",
                    rich_help_panel=RUN_PANEL)] = False,
+    gradient_checkpointing: Annotated[bool, typer.Option(help="Recompute activations during backward: less "
+                                      "memory for large models on small GPUs, about 30% slower.",
+                                      rich_help_panel=RUN_PANEL)] = False,
+    report_to: Annotated[str, typer.Option(help="Also log to an experiment tracker: none, tensorboard, wandb or "
+                         "mlflow (its package must be installed).", rich_help_panel=RUN_PANEL)] = D.report_to,
     log_every: Annotated[int, typer.Option(help="Optimizer steps between train_log.jsonl lines.",
                          rich_help_panel=RUN_PANEL)] = D.log_every,
     save_every: Annotated[int | None, typer.Option(help="Write a resumable checkpoint every N optimizer steps.",
@@ -168,6 +173,7 @@ def train(
             eval_every=eval_every, early_stopping=early_stopping, metric=metric, seed=seed,
             mixed_precision=mixed_precision, cpu=cpu, encoding=encoding, data_format=data_format,
             drop_empty=drop_empty, log_every=log_every, save_every=save_every, keep=keep, resume=resume,
+            gradient_checkpointing=gradient_checkpointing, report_to=report_to,
             argv=tuple(sys.argv),
         )
         from bertclf.train import train as run_training

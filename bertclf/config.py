@@ -14,6 +14,7 @@ TEXT_COLUMN_CANDIDATES = ("text", "sentence", "content", "review")
 LABEL_COLUMN_CANDIDATES = ("label", "labels", "target", "category")
 
 TRUNCATION_STRATEGIES = ("head", "tail", "head+tail")
+REPORT_TO = ("none", "tensorboard", "wandb", "mlflow")
 MIXED_PRECISION_MODES = ("auto", "no", "fp16", "bf16")
 METRICS_FOR_SELECTION = (
     "accuracy",
@@ -67,6 +68,8 @@ class TrainConfig:
     save_every: int | None = None  # optimizer steps between checkpoints; None: no periodic checkpoints
     keep: int = 2  # checkpoints kept; older ones are deleted only after a newer one is complete
     resume: str | None = None  # "latest" (newest valid checkpoint in --output) or a checkpoint path
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
+    report_to: str = "none"  # an accelerate tracker: tensorboard, wandb, mlflow
     argv: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
@@ -97,6 +100,7 @@ class TrainConfig:
         _check(self.save_every is None or self.save_every > 0, "--save-every", self.save_every,
                "Give a positive number of steps.")
         _check(self.keep >= 1, "--keep", self.keep, "Keep at least 1 checkpoint.")
+        _check(self.report_to in REPORT_TO, "--report-to", self.report_to, f"Choose one of: {', '.join(REPORT_TO)}.")
         _check(not (self.resume and self.overwrite), "--resume", self.resume,
                "--resume continues the run in --output; it cannot be combined with --overwrite.")
 

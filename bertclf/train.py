@@ -103,20 +103,41 @@ def prepare_output_dir(output: Path, overwrite: bool, resume: bool = False) -> N
                           hint="Choose a writable directory.") from None
 
 
-def resolve_mixed_precision(requested: str, use_cpu: bool) -> str:
+def resolve_mixed_precision(requested: str, use_cpu: bool, *, cuda: bool | None = None,
+                            cuda_bf16: bool | None = None, cpu_flags: str | None = None) -> str:
     """auto: bf16 on GPUs that support it, fp16 on older GPUs, and on a CPU only with native bf16 (AMX or
     AVX512-BF16): elsewhere CPU bf16 is emulated and 8x slower (shared/research/performance.md)."""
-    import torch
-
     if requested != "auto":
         return requested
-    if torch.cuda.is_available() and not use_cpu:
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        flags = ""
-    return "bf16" if ("amx_bf16" in flags or "avx512_bf16" in flags) else "no"
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+        cuda_bf16 = cuda and torch.cuda.is_bf16_supported()
+    if cuda and not use_cpu:
+        return "bf16" if cuda_bf16 else "fp16"
+    if cpu_flags is None:
+        try:
+            cpu_flags = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpu_flags = ""
+    return "bf16" if ("amx_bf16" in cpu_flags or "avx512_bf16" in cpu_flags) else "no"
+
+
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+
+
+def _check_tracker(report_to: str) -> str | None:
+    """The accelerate tracker name for --report-to, after checking its package is installed."""
+    if report_to == "none":
+        return None
+    import importlib.util
+
+    package = TRACKER_PACKAGES[report_to]
+    if importlib.util.find_spec(package) is None:
+        raise UsageError(f"--report-to {report_to} needs the {package} package, which is not installed.",
+                         hint=f"pip install {package}")
+    return report_to
 
 
 def _load_splits(config: TrainConfig) -> tuple[LabelledData, list[int], LabelledData | None, list[int], list[str]]:
@@ -157,14 +178,19 @@ def _build_optimizer(model, config: TrainConfig, lr: float):
 class _Logger:
     """train_log.jsonl lines (main process only) and progress on stderr."""
 
-    def __init__(self, path: Path, enabled: bool, append: bool = False):
+    def __init__(self, path: Path, enabled: bool, append: bool = False, tracker=None):
         self.enabled = enabled
         self.file = path.open("a" if append else "w", encoding="utf-8") if enabled else None
+        self.tracker = tracker  # an Accelerator with --report-to trackers, or None
 
     def write(self, record: dict) -> None:
         if self.file is not None:
             self.file.write(json.dumps(record, ensure_ascii=False) + "\n")
             self.file.flush()
+        if self.tracker is not None:
+            values = {f"{record['type']}/{k}": v for k, v in record.items()
+                      if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
+            self.tracker.log(values, step=record["step"])
 
     def close(self) -> None:
         if self.file is not None:
@@ -186,12 +212,14 @@ def train(config: TrainConfig) -> TrainResult:
     from bertclf.evaluation import predict_logits, score_logits
     from bertclf.model import auto_learning_rate, load_for_training, resolve_model, usable_max_length
 
+    tracker = _check_tracker(config.report_to)
     mixed_precision = resolve_mixed_precision(config.mixed_precision, config.cpu)
     # split_batches: the loader yields global batches (batch size x processes) that accelerate splits
     # across processes, so N processes see exactly the batches of one process with N times the batch size.
     accelerator = Accelerator(mixed_precision=mixed_precision, cpu=config.cpu,
                               gradient_accumulation_steps=config.grad_accum,
-                              dataloader_config=DataLoaderConfiguration(split_batches=True))
+                              dataloader_config=DataLoaderConfiguration(split_batches=True),
+                              log_with=tracker, project_dir=str(output) if tracker else None)
     is_main = accelerator.is_main_process
     if is_main:
         prepare_output_dir(output, config.overwrite, resume=bool(config.resume))
@@ -220,6 +248,10 @@ def train(config: TrainConfig) -> TrainResult:
     train_encoded = encode_texts(tokenizer, train_texts, max_length, config.truncation)
     val_encoded = encode_texts(tokenizer, val_texts, max_length, config.truncation)
     lr = config.lr if config.lr is not None else auto_learning_rate(model, resolved.source)
+    if config.gradient_checkpointing:
+        # transformers 5 renamed gradient_checkpointing_enable (deprecated) to activation_checkpointing_enable.
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable()
 
     # Length-grouped batches: texts of similar length share a batch, so padding stays small.
     global_batch = config.batch_size * accelerator.num_processes
@@ -301,7 +333,11 @@ def train(config: TrainConfig) -> TrainResult:
     if is_main:
         write_json_atomic(output / MANIFEST, manifest)
 
-    log = _Logger(output / "train_log.jsonl", is_main, append=bool(config.resume))
+    log = _Logger(output / "train_log.jsonl", is_main, append=bool(config.resume),
+                  tracker=accelerator if tracker else None)
+    if tracker:
+        accelerator.init_trackers(output.name, config={k: v for k, v in config.to_dict().items()
+                                                       if isinstance(v, (int, float, str, bool))})
     best_metrics: dict[str, Any] = (json.loads((output / "metrics.json").read_text())
                                     if config.resume and (output / "metrics.json").is_file() else {})
     window_start, window_samples = time.perf_counter(), 0
@@ -444,7 +480,7 @@ def train(config: TrainConfig) -> TrainResult:
     if is_main:
         (output / "README.md").write_text(model_card(manifest, best_metrics), encoding="utf-8")
         write_json_atomic(output / MANIFEST, manifest)  # last: completed=true means everything else is there
-    accelerator.end_training()
+    accelerator.end_training()  # also closes --report-to trackers
     return TrainResult(
         output_dir=output,
         best_step=loop.best_step,

@@ -117,3 +117,33 @@ def test_scratch_model_trains_on_chinese_without_download(tmp_path, cli):
 
     tokenizer = BertTokenizer.from_pretrained(str(tmp_path / "zh"))
     assert tokenizer.tokenize("质量很好") == ["质", "量", "很", "好"]  # one token per Chinese character
+
+
+def test_mixed_precision_auto_follows_the_hardware():
+    from bertclf.train import resolve_mixed_precision
+
+    assert resolve_mixed_precision("auto", False, cuda=True, cuda_bf16=True) == "bf16"
+    assert resolve_mixed_precision("auto", False, cuda=True, cuda_bf16=False) == "fp16"
+    assert resolve_mixed_precision("auto", True, cuda=True, cuda_bf16=True, cpu_flags="avx2") == "no"
+    assert resolve_mixed_precision("auto", False, cuda=False, cpu_flags="fpu avx2 avx512f") == "no"
+    assert resolve_mixed_precision("auto", False, cuda=False, cpu_flags="avx2 avx512_bf16") == "bf16"
+    assert resolve_mixed_precision("auto", False, cuda=False, cpu_flags="amx_bf16") == "bf16"
+    assert resolve_mixed_precision("fp16", False, cuda=False, cpu_flags="") == "fp16"
+
+
+def test_missing_tracker_package_is_named(tmp_path, cli, tiny_model_dir):
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    code, _, stderr = cli("train", EXAMPLES / "en_topics.csv", "-m", tiny_model_dir, "-o", tmp_path / "r",
+                          "--report-to", "wandb")
+    assert code == EXIT_USAGE and "pip install wandb" in stderr
+
+
+def test_gradient_checkpointing_trains(tmp_path, cli, tiny_model_dir):
+    code, stdout, stderr = cli("train", EXAMPLES / "en_topics.csv", "-m", tiny_model_dir, "-o", tmp_path / "r",
+                               "--max-steps", "3", "--gradient-checkpointing", "--json", "--cpu")
+    assert code == 0, stderr
+    manifest = json.loads((tmp_path / "r" / "bertclf.json").read_text())
+    assert manifest["config"]["gradient_checkpointing"] is True and manifest["mixed_precision"] in ("no", "bf16")
