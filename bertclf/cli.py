@@ -6,6 +6,7 @@ Nothing heavy is imported at module level (torch, transformers, datasets, accele
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import sys
@@ -352,7 +353,7 @@ def predict(
         success = False
         empty = total = 0
         try:
-            buffered: list[dict[str, str]] = []
+            buffered: collections.deque[dict[str, str]] = collections.deque()  # rows read, not yet written
 
             def texts():
                 for row in rows:
@@ -361,7 +362,7 @@ def predict(
 
             for number, prediction in enumerate(predictor.predict_stream(texts(), top_k=top_k,
                                                                          batch_size=batch_size), start=1):
-                row = buffered.pop(0) if buffered else {}
+                row = buffered.popleft()
                 total += 1
                 empty += prediction.label is None
                 writer.write(_prediction_row(number, row, id_col, prediction, predictor.labels, fmt, top_k,
