@@ -74,9 +74,9 @@ class Settings:
     @classmethod
     def quick(cls) -> Settings:
         # English only; one repeat where a single run takes a minute or more (still in interleaved order).
-        return cls(steps=10, train_repeats=1, train_datasets=("en",), predict_repeats=1, predict_e2e_repeats=1,
+        return cls(steps=10, train_repeats=1, train_datasets=("en",), predict_repeats=3, predict_e2e_repeats=1,
                    predict_datasets=("en",), eval_repeats=1, eval_rows=512, eval_datasets=("en",),
-                   help_repeats=5, rss_rows=(10_000, 200_000), rss_repeats=1, matmul_iters=5)
+                   help_repeats=5, rss_rows=(10_000, 50_000), rss_repeats=1, matmul_iters=5)
 
 
 @dataclass

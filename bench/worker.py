@@ -82,15 +82,26 @@ def matmul_peak(dtype_name: str, n: int, iters: int, trials: int) -> float:
 
 
 def bertclf_train_batches(lengths: list[int], batch_size: int, seed: int, steps: int) -> list[list[int]]:
-    """The batches `bertclf train` runs: its LengthGroupedSampler, seeded as it seeds it for epoch 0 and up."""
+    """The batches `bertclf train` runs (one process): its own sampler, replayed with its seed, epoch by epoch.
+    Older bertclf versions used transformers' LengthGroupedSampler, seeded with seed + epoch."""
     import torch
-    from transformers.trainer_pt_utils import LengthGroupedSampler
 
+    try:
+        from bertclf.data import LengthGroupedSampler as BertclfSampler
+    except ImportError:
+        BertclfSampler = None
     batches: list[list[int]] = []
     epoch = 0
     while len(batches) < steps:
-        generator = torch.Generator().manual_seed(seed + epoch)
-        order = list(LengthGroupedSampler(batch_size, lengths=lengths, generator=generator))
+        if BertclfSampler is not None:
+            sampler = BertclfSampler(lengths, batch_size, seed)
+            sampler.epoch = epoch
+        else:
+            from transformers.trainer_pt_utils import LengthGroupedSampler
+
+            sampler = LengthGroupedSampler(batch_size, lengths=lengths,
+                                           generator=torch.Generator().manual_seed(seed + epoch))
+        order = list(sampler)
         batches += [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
         epoch += 1
     return batches[:steps]

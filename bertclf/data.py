@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
@@ -455,6 +456,31 @@ def encode_texts(tokenizer, texts: list[str], max_length: int, truncation: str =
                     ids = ids[:head] + ids[len(ids) - (budget - head):]
             all_ids.append([cls_id, *ids, sep_id])
     return Encoded(all_ids, truncated)
+
+
+def encode_texts_cached(tokenizer, texts: list[str], max_length: int, truncation: str, cache_dir: Path) -> Encoded:
+    """encode_texts, stored under cache_dir keyed by the vocabulary, texts and settings. In a distributed run
+    the main process encodes first (accelerate's main_process_first) and the others read its file."""
+    import numpy as np
+
+    digest = hashlib.sha256()
+    digest.update(json.dumps([sorted(tokenizer.get_vocab().items()), max_length, truncation,
+                              tokenizer.do_lower_case if hasattr(tokenizer, "do_lower_case") else None]).encode())
+    for text in texts:
+        digest.update(text.encode("utf-8") + b"\x00")
+    path = cache_dir / f"tokens-{digest.hexdigest()[:32]}.npz"
+    if path.is_file():
+        saved = np.load(path, allow_pickle=False)
+        ids, offsets = saved["ids"].tolist(), saved["offsets"].tolist()
+        return Encoded([ids[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)], int(saved["truncated"]))
+    encoded = encode_texts(tokenizer, texts, max_length, truncation)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    offsets = np.cumsum([0, *encoded.lengths])
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, ids=np.fromiter((i for ids in encoded.input_ids for i in ids), dtype=np.int64), offsets=offsets,
+             truncated=encoded.truncated)
+    os.replace(tmp, path)
+    return encoded
 
 
 class EncodedDataset:

@@ -22,7 +22,7 @@ from bertclf.data import (
     LengthGroupedSampler,
     check_label_set,
     data_warnings,
-    encode_texts,
+    encode_texts_cached,
     padding_collator,
     read_labelled,
     stratified_split,
@@ -69,6 +69,9 @@ class TrainResult:
             "validation_metrics": self.validation_metrics,
             "steps": self.steps,
             "epochs": round(self.epochs, 4),
+            "learning_rate": self.manifest.get("learning_rate"),
+            "mixed_precision": self.manifest.get("mixed_precision"),
+            "world_size": self.manifest.get("world_size"),
             "timings": {"train_seconds": round(self.train_seconds, 2),
                         "samples_per_second": round(self.samples_per_second, 2)},
         }
@@ -93,6 +96,7 @@ def prepare_output_dir(output: Path, overwrite: bool, resume: bool = False) -> N
         for name in RUN_FILES:
             (output / name).unlink(missing_ok=True)
         shutil.rmtree(output / "checkpoints", ignore_errors=True)
+        shutil.rmtree(output / ".cache", ignore_errors=True)
     try:
         output.mkdir(parents=True, exist_ok=True)
         probe = output / ".bertclf-write-test"
@@ -245,8 +249,10 @@ def train(config: TrainConfig) -> TrainResult:
         tokenizer, model = load_for_training(resolved, labels, train_texts, config.max_length,
                                              output / ".scratch-vocab")
     max_length = usable_max_length(model, config.max_length)
-    train_encoded = encode_texts(tokenizer, train_texts, max_length, config.truncation)
-    val_encoded = encode_texts(tokenizer, val_texts, max_length, config.truncation)
+    with accelerator.main_process_first():  # one process tokenizes, the others reuse its cache
+        cache = output / ".cache"
+        train_encoded = encode_texts_cached(tokenizer, train_texts, max_length, config.truncation, cache)
+        val_encoded = encode_texts_cached(tokenizer, val_texts, max_length, config.truncation, cache)
     lr = config.lr if config.lr is not None else auto_learning_rate(model, resolved.source)
     if config.gradient_checkpointing:
         # transformers 5 renamed gradient_checkpointing_enable (deprecated) to activation_checkpointing_enable.
@@ -479,6 +485,7 @@ def train(config: TrainConfig) -> TrainResult:
     })
     if is_main:
         (output / "README.md").write_text(model_card(manifest, best_metrics), encoding="utf-8")
+        shutil.rmtree(output / ".cache", ignore_errors=True)  # token ids only served this run and its resumes
         write_json_atomic(output / MANIFEST, manifest)  # last: completed=true means everything else is there
     accelerator.end_training()  # also closes --report-to trackers
     return TrainResult(

@@ -121,3 +121,15 @@ def test_truncation_strategies_keep_the_right_tokens(tiny_model_dir):
     assert tail.input_ids[0][1:-1] == ids[-8:]
     assert both.input_ids[0][1:-1] == ids[:2] + ids[-6:]
     assert head.input_ids[0][0] == tokenizer.cls_token_id and head.input_ids[0][-1] == tokenizer.sep_token_id
+
+
+def test_a_rewritten_file_is_read_anew_even_with_the_same_size_and_mtime(tmp_path):
+    import os
+
+    path = write_csv(tmp_path / "d.csv", [("first version", "a"), ("more text", "b")])
+    stat = path.stat()
+    assert read_table(path).rows[0]["text"] == "first version"
+    write_csv(path, [("other version", "a"), ("more text", "b")])  # same length
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
+    assert read_table(path).rows[0]["text"] == "other version"  # no cache keyed on mtime to go stale

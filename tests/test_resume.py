@@ -169,3 +169,26 @@ def test_disk_full_while_checkpointing_exits_74_and_keeps_earlier_files(tmp_path
     assert [c.step for c in list_checkpoints(out / "checkpoints")] == [3, 6]  # both earlier ones verify
     assert not list((out / "checkpoints").glob(".tmp-*"))
     assert json.loads((out / "bertclf.json").read_text())["completed"] is False
+
+
+def test_non_finite_loss_stops_with_exit_4_and_keeps_the_last_good_checkpoint(tmp_path, cli, tiny_model_dir,
+                                                                              monkeypatch):
+    import torch
+
+    from bertclf.checkpoint import list_checkpoints
+    from bertclf.errors import EXIT_DIVERGED
+
+    real_forward = torch.nn.CrossEntropyLoss.forward
+    calls = {"n": 0}
+
+    def exploding(self, *args, **kwargs):
+        calls["n"] += 1
+        loss = real_forward(self, *args, **kwargs)
+        return loss * float("nan") if calls["n"] == 8 else loss
+
+    monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", exploding)
+    out = tmp_path / "run"
+    code, _, stderr = cli("train", EXAMPLES / "en_topics.csv", "-m", tiny_model_dir, "-o", out, "--max-steps", "12",
+                          "--save-every", "3", "--cpu", "--eval-every", "100")
+    assert code == EXIT_DIVERGED and "nan" in stderr.lower() and "step 8" in stderr
+    assert [c.step for c in list_checkpoints(out / "checkpoints")] == [3, 6]
