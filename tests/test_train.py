@@ -18,7 +18,7 @@ def test_run_directory_is_complete_and_self_describing(tiny_run):
     assert manifest["completed"] is True
     assert manifest["labels"] == ["cooking", "sports", "technology", "weather"]
     assert manifest["text_column"] == "text" and manifest["label_column"] == "label"
-    assert manifest["max_length"] == 128 and manifest["truncation"] == "head"
+    assert manifest["max_length"] == 128 and manifest["truncation"] == "head+tail"
     assert manifest["data"]["train"]["encoding"] == "utf-8-sig"
     assert len(manifest["data"]["train"]["sha256"]) == 64
     assert manifest["learning_rate"] == 2e-3 and manifest["learning_rate_source"] == "--lr"
