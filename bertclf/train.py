@@ -218,6 +218,12 @@ def train(config: TrainConfig) -> TrainResult:
 
     tracker = _check_tracker(config.report_to)
     mixed_precision = resolve_mixed_precision(config.mixed_precision, config.cpu)
+    # accelerate keeps its settings in process-wide singletons; a second train() in the same process (a
+    # notebook, the tests) with another precision would otherwise fail. The distributed state is kept.
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
     # split_batches: the loader yields global batches (batch size x processes) that accelerate splits
     # across processes, so N processes see exactly the batches of one process with N times the batch size.
     accelerator = Accelerator(mixed_precision=mixed_precision, cpu=config.cpu,

@@ -147,3 +147,13 @@ def test_gradient_checkpointing_trains(tmp_path, cli, tiny_model_dir):
     assert code == 0, stderr
     manifest = json.loads((tmp_path / "r" / "bertclf.json").read_text())
     assert manifest["config"]["gradient_checkpointing"] is True and manifest["mixed_precision"] in ("no", "bf16")
+
+
+def test_train_can_run_twice_in_one_process_with_different_precisions(tmp_path, tiny_model_dir):
+    from bertclf.config import TrainConfig
+    from bertclf.train import train
+
+    for precision in ("fp16", "no"):  # fp16 autocast on CPU is accepted by accelerate; the point is the switch
+        result = train(TrainConfig(train_file=EXAMPLES / "en_topics.csv", model=str(tiny_model_dir),
+                                   output=tmp_path / precision, max_steps=1, cpu=True, mixed_precision=precision))
+        assert result.manifest["mixed_precision"] == precision
