@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from bertclf import __version__, console
-from bertclf.config import EvalConfig, TrainConfig, parse_gates, parse_learning_rate
+from bertclf.config import SCALAR_METRICS, EvalConfig, TrainConfig, parse_gates, parse_learning_rate
 from bertclf.errors import EXIT_INTERNAL, EXIT_IO, EXIT_SIGINT, BertclfError, QualityGateError, UsageError
 
 app = typer.Typer(
@@ -195,8 +195,6 @@ def train(
 
 
 # ---------------------------------------------------------------------------------------------- eval
-GATE_METRICS = ("accuracy", "macro_f1", "micro_f1", "weighted_f1", "macro_precision", "macro_recall",
-                "weighted_precision", "weighted_recall", "micro_precision", "micro_recall", "mcc", "roc_auc")
 
 
 @app.command("eval")
@@ -232,7 +230,7 @@ def eval_command(
         bertclf eval runs/topics test.csv --fail-under macro_f1=0.85 --json > report.json
     """
     with user_errors():
-        gates = parse_gates(fail_under or [], GATE_METRICS)
+        gates = parse_gates(fail_under or [], SCALAR_METRICS)
         config = EvalConfig(run_dir=run_dir, data_file=data, text_column=text_column, label_column=label_column,
                             batch_size=batch_size, max_length=max_length, truncation=truncation, encoding=encoding,
                             data_format=data_format, drop_empty=drop_empty, cpu=cpu,

@@ -16,16 +16,11 @@ LABEL_COLUMN_CANDIDATES = ("label", "labels", "target", "category")
 TRUNCATION_STRATEGIES = ("head", "tail", "head+tail")
 REPORT_TO = ("none", "tensorboard", "wandb", "mlflow")
 MIXED_PRECISION_MODES = ("auto", "no", "fp16", "bf16")
-METRICS_FOR_SELECTION = (
-    "accuracy",
-    "macro_f1",
-    "micro_f1",
-    "weighted_f1",
-    "macro_precision",
-    "macro_recall",
-    "mcc",
-    "loss",
-)
+# Single-number metrics of metrics.classification_metrics: --fail-under gates take any of them.
+SCALAR_METRICS = ("accuracy", "macro_f1", "micro_f1", "weighted_f1", "macro_precision", "macro_recall",
+                  "weighted_precision", "weighted_recall", "micro_precision", "micro_recall", "mcc", "roc_auc")
+# --metric picks the best model; roc_auc is left out because it is undefined when a class is missing.
+METRICS_FOR_SELECTION = (*[m for m in SCALAR_METRICS if m != "roc_auc"], "loss")
 
 
 def _check(condition: bool, flag: str, value: Any, requirement: str) -> None:

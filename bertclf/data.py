@@ -172,7 +172,7 @@ def _parse_parquet(path: Path, raw: bytes) -> tuple[list[str], list[dict[str, st
     columns = [str(c) for c in frame.columns]
     if frame.empty:
         raise DataError(f"{path}: has no rows.")
-    rows = [{str(k): _json_value(v) for k, v in record.items()} for record in frame.to_dict(orient="records")]
+    rows = [{str(k): json_value_as_text(v) for k, v in record.items()} for record in frame.to_dict(orient="records")]
     return columns, rows
 
 
@@ -198,7 +198,7 @@ def _parse_fasttext(path: Path, text: str) -> tuple[list[str], list[dict[str, st
     return ["text", "label"], rows
 
 
-def _json_value(value: object) -> str:
+def json_value_as_text(value: object) -> str:
     if value is None or (isinstance(value, float) and value != value):  # None, NaN: missing
         return ""
     if isinstance(value, str):
@@ -244,29 +244,37 @@ def _parse_json(path: Path, text: str, fmt: str) -> tuple[list[str], list[dict[s
         for key in record:
             if key not in columns:
                 columns.append(key)
-        rows.append({str(k): _json_value(v) for k, v in record.items()})
+        rows.append({str(k): json_value_as_text(v) for k, v in record.items()})
     for row in rows:
         for column in columns:
             row.setdefault(column, "")
     return columns, rows
 
 
-def pick_column(table: TextTable, requested: str | None, candidates: tuple[str, ...], flag: str) -> str:
-    """The column named by the flag, else the first default name present (case-insensitive)."""
+def choose_column(columns: list[str], requested: str | None, candidates: tuple[str, ...], flag: str, source: str,
+                  preferred: str | None = None) -> str:
+    """The column named by the flag; else `preferred` (say, the one a model was trained on) when present;
+    else the first default name present (case-insensitive). Errors list the columns found."""
     if requested is not None:
-        if requested in table.columns:
+        if requested in columns:
             return requested
-        raise DataError(f"{table.path}: no column {requested!r}. Columns found: {', '.join(table.columns)}.",
+        raise DataError(f"{source}: no column {requested!r}. Columns found: {', '.join(columns)}.",
                         hint=f"Pass the right name with {flag}.")
-    lowered = {c.lower().strip(): c for c in table.columns}
+    if preferred in columns:
+        return preferred
+    lowered = {c.lower().strip(): c for c in columns}
     for name in candidates:
         if name in lowered:
             return lowered[name]
     raise DataError(
-        f"{table.path}: none of the default column names ({', '.join(candidates)}) was found. "
-        f"Columns found: {', '.join(table.columns)}.",
+        f"{source}: none of the default column names ({', '.join(candidates)}) was found. "
+        f"Columns found: {', '.join(columns)}.",
         hint=f"Choose the column with {flag}.",
     )
+
+
+def pick_column(table: TextTable, requested: str | None, candidates: tuple[str, ...], flag: str) -> str:
+    return choose_column(table.columns, requested, candidates, flag, str(table.path))
 
 
 @dataclass

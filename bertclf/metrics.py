@@ -6,10 +6,6 @@ import warnings
 
 import numpy as np
 
-# Metric names accepted by --metric and --fail-under, in display order.
-SCALAR_METRICS = ("accuracy", "macro_f1", "micro_f1", "weighted_f1", "macro_precision", "macro_recall",
-                  "weighted_precision", "weighted_recall", "micro_precision", "micro_recall", "mcc", "roc_auc")
-
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str],
                            probs: np.ndarray | None = None) -> dict:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import IO
 
 from bertclf.config import TEXT_COLUMN_CANDIDATES
-from bertclf.data import AUTO_ENCODINGS, _json_value
+from bertclf.data import AUTO_ENCODINGS, choose_column, json_value_as_text
 from bertclf.errors import DataError, InputMissingError, OutputError, UsageError
 
 INPUT_FORMATS = {".txt": "txt", ".text": "txt", ".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl",
@@ -76,23 +76,8 @@ class InputRecords:
         return self._json_records(iter(document))
 
     def _pick_text_column(self) -> None:
-        requested = self._requested_text_column
-        if requested is not None:
-            if requested not in self.columns:
-                raise DataError(f"{self.name}: no column {requested!r}. Columns found: {', '.join(self.columns)}.",
-                                hint="Pass the right name with --text-column.")
-            self.text_column = requested
-            return
-        if self._preferred_column in self.columns:
-            self.text_column = self._preferred_column
-            return
-        lowered = {c.lower().strip(): c for c in self.columns}
-        for name in TEXT_COLUMN_CANDIDATES:
-            if name in lowered:
-                self.text_column = lowered[name]
-                return
-        raise DataError(f"{self.name}: no text column found (tried {', '.join(TEXT_COLUMN_CANDIDATES)}). "
-                        f"Columns found: {', '.join(self.columns)}.", hint="Choose it with --text-column.")
+        self.text_column = choose_column(self.columns, self._requested_text_column, TEXT_COLUMN_CANDIDATES,
+                                         "--text-column", self.name, preferred=self._preferred_column)
 
     def _checked_csv_rows(self, reader: csv.DictReader) -> Iterator[dict[str, str]]:
         for number, row in enumerate(reader, start=1):
@@ -118,7 +103,7 @@ class InputRecords:
         for number, record in enumerate(records, start=1):
             if not isinstance(record, dict):
                 raise DataError(f"{self.name}: record {number} is not a JSON object.")
-            row = {str(k): _json_value(v) for k, v in record.items()}
+            row = {str(k): json_value_as_text(v) for k, v in record.items()}
             if first:
                 self.columns = list(row)
                 self._pick_text_column()
