@@ -219,6 +219,8 @@ def eval_command(
     output: Annotated[Path | None, typer.Option("--output", "--report-dir", "-o", help="Write metrics.json, "
                       "confusion_matrix.csv/.png and errors.csv here.")] = None,
     cpu: Annotated[bool, typer.Option(help="Run on the CPU even if a GPU is present.")] = False,
+    quantize: Annotated[str | None, typer.Option(help="int8: score the dynamically quantized model (CPU), to "
+                        "check its accuracy before predicting with it.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
 ) -> None:
     """Score a trained run on a labelled file: accuracy, precision/recall/F1, MCC, ROC-AUC, per class.
@@ -234,7 +236,7 @@ def eval_command(
         config = EvalConfig(run_dir=run_dir, data_file=data, text_column=text_column, label_column=label_column,
                             batch_size=batch_size, max_length=max_length, truncation=truncation, encoding=encoding,
                             data_format=data_format, drop_empty=drop_empty, cpu=cpu,
-                            ignore_unknown_labels=ignore_unknown_labels, report_dir=output)
+                            ignore_unknown_labels=ignore_unknown_labels, report_dir=output, quantize=quantize)
         from bertclf.evaluation import evaluate
 
         report = evaluate(config)
@@ -312,6 +314,8 @@ def predict(
     batch_size: Annotated[int, typer.Option(help="Texts per batch.")] = 64,
     encoding: Annotated[str | None, typer.Option(help="Input encoding. Default: UTF-8, then GB18030.")] = None,
     cpu: Annotated[bool, typer.Option(help="Run on the CPU even if a GPU is present.")] = False,
+    quantize: Annotated[str | None, typer.Option(help="int8: dynamic int8 quantization of the linear layers for "
+                        "faster CPU inference (runs on the CPU).")] = None,
 ) -> None:
     """Classify new texts with a trained run; one output row per input row, in input order.
 
@@ -345,7 +349,7 @@ def predict(
 
         from bertclf.predict import Predictor
 
-        predictor = Predictor.from_dir(run_dir, cpu=cpu)
+        predictor = Predictor.from_dir(run_dir, cpu=cpu, quantize=quantize)
         top_k = min(top_k, len(predictor.labels))
         writer = RowWriter(output, fmt)
         success = False

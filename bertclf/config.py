@@ -148,6 +148,7 @@ class EvalConfig:
     cpu: bool = False
     ignore_unknown_labels: bool = False
     report_dir: Path | None = None
+    quantize: str | None = None  # "int8": dynamic int8 Linear layers on the CPU
 
     def __post_init__(self) -> None:
         _check(self.batch_size > 0, "--batch-size", self.batch_size, "Give a positive batch size.")

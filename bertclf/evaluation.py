@@ -99,7 +99,7 @@ def evaluate(config) -> dict:
                          label_column=config.label_column or manifest.get("label_column"),
                          encoding=config.encoding, fmt=config.data_format, drop_empty=config.drop_empty)
     predictor = Predictor.from_dir(config.run_dir, cpu=config.cpu, max_length=config.max_length,
-                                   truncation=config.truncation)
+                                   truncation=config.truncation, quantize=config.quantize)
     labels = predictor.labels
     unseen = unknown_labels(data.labels, labels)
     keep = list(range(len(data.texts)))

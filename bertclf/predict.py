@@ -38,7 +38,7 @@ class Predictor:
 
     @classmethod
     def from_dir(cls, run_dir: Path | str, *, cpu: bool = False, max_length: int | None = None,
-                 truncation: str | None = None) -> Predictor:
+                 truncation: str | None = None, quantize: str | None = None) -> Predictor:
         import torch
 
         from bertclf.model import load_run
@@ -47,7 +47,9 @@ class Predictor:
         if not manifest.get("completed", False):
             console.warn(f"{run_dir}: training did not finish (bertclf.json has completed: false); "
                          "using the best model saved so far.")
-        device = torch.device("cuda" if torch.cuda.is_available() and not cpu else "cpu")
+        device = torch.device("cuda" if torch.cuda.is_available() and not cpu and not quantize else "cpu")
+        if quantize:
+            model = quantize_int8(model, quantize)
         model.to(device)
         return cls(Path(run_dir), manifest, tokenizer, model, device, max_length=max_length, truncation=truncation)
 
@@ -88,3 +90,22 @@ class Predictor:
                 chunk = []
         if chunk:
             yield from self.predict(chunk, top_k=top_k, batch_size=batch_size)
+
+
+def quantize_int8(model, mode: str):
+    """Dynamic int8 quantization of the Linear layers, for CPU inference: weights stored as int8,
+    activations quantized on the fly. Embeddings and LayerNorm stay fp32."""
+    if mode != "int8":
+        raise UsageError(f"Invalid value for --quantize: {mode!r}. The only mode is int8.")
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        # torch.ao.quantization is deprecated in favour of torchao, which is not a dependency here;
+        # quantize_dynamic still works in torch 2.13 and the tests pin its accuracy.
+        warnings.simplefilter("ignore")
+        from torch.ao.quantization import quantize_dynamic
+
+        quantized = quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    return quantized

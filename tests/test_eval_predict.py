@@ -4,6 +4,7 @@ import csv
 import io
 import json
 
+import pytest
 from conftest import EXAMPLES, run_bertclf, write_csv
 
 from bertclf.errors import EXIT_DATA, EXIT_GATE_FAILED, EXIT_NO_INPUT, EXIT_USAGE
@@ -159,3 +160,22 @@ def test_shuffled_input_with_ids_gets_the_same_prediction_per_id(tiny_run, tmp_p
         assert [line["id"] for line in lines] == [row_id for row_id, _ in data]
         outputs.append({line["id"]: line["label"] for line in lines})
     assert outputs[0] == outputs[1]
+
+
+def test_int8_quantized_prediction_agrees_with_fp32(tiny_run, cli):
+    from bertclf.predict import Predictor
+
+    with TEST_FILE.open() as handle:
+        rows = list(csv.DictReader(handle))
+    texts = [row["text"] for row in rows]
+    fp32 = Predictor.from_dir(tiny_run, cpu=True).predict_proba(texts)
+    quantized = Predictor.from_dir(tiny_run, cpu=True, quantize="int8")
+    int8 = quantized.predict_proba(texts)
+    assert abs(fp32 - int8).max() < 0.05
+    assert (fp32.argmax(1) == int8.argmax(1)).mean() >= 0.9
+    int8_accuracy = sum(quantized.labels[i] == row["label"] for i, row in zip(int8.argmax(1), rows, strict=True)) / 80
+    code, stdout, stderr = cli("eval", tiny_run, TEST_FILE, "--quantize", "int8", "--json")
+    assert code == 0, stderr
+    assert json.loads(stdout)["metrics"]["accuracy"] == pytest.approx(int8_accuracy)
+    code, _, stderr = cli("predict", tiny_run, "--text", "hello", "--quantize", "int4")
+    assert code == EXIT_USAGE and "--quantize" in stderr
