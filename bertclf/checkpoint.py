@@ -30,7 +30,7 @@ FORMAT_VERSION = 1
 # Settings that define the training trajectory: resuming with any of them changed is refused.
 FINGERPRINT_FIELDS = ("model", "max_length", "truncation", "batch_size", "lr", "weight_decay", "warmup_ratio",
                       "grad_accum", "max_grad_norm", "seed", "validation_split", "text_column", "label_column",
-                      "metric", "mixed_precision")
+                      "metric", "mixed_precision", "class_weights")
 
 
 def _sha256(path: Path) -> str:

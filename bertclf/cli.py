@@ -127,6 +127,9 @@ def train(
                           rich_help_panel=OPT_PANEL)] = None,
     early_stopping: Annotated[int | None, typer.Option(metavar="PATIENCE", help="Stop after PATIENCE evaluations "
                               "without improvement of --metric.", rich_help_panel=OPT_PANEL)] = None,
+    class_weights: Annotated[str | None, typer.Option(help="Weight the loss by class: balanced (inverse "
+                             "frequency) or LABEL=WEIGHT,... for imbalanced data.", rich_help_panel=OPT_PANEL)]
+    = None,
     metric: Annotated[str, typer.Option(help="Validation metric that picks the best model: macro_f1, accuracy, "
                       "micro_f1, weighted_f1, mcc, loss, ...", rich_help_panel=OPT_PANEL)] = D.metric,
     seed: Annotated[int, typer.Option(help="Random seed (split, initialisation, data order).",
@@ -174,7 +177,7 @@ def train(
             eval_every=eval_every, early_stopping=early_stopping, metric=metric, seed=seed,
             mixed_precision=mixed_precision, cpu=cpu, encoding=encoding, data_format=data_format,
             drop_empty=drop_empty, log_every=log_every, save_every=save_every, keep=keep, resume=resume,
-            gradient_checkpointing=gradient_checkpointing, report_to=report_to,
+            gradient_checkpointing=gradient_checkpointing, report_to=report_to, class_weights=class_weights,
             argv=tuple(sys.argv),
         )
         from bertclf.train import train as run_training

@@ -67,6 +67,7 @@ class TrainConfig:
     resume: str | None = None  # "latest" (newest valid checkpoint in --output) or a checkpoint path
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
     report_to: str = "none"  # an accelerate tracker: tensorboard, wandb, mlflow
+    class_weights: str | None = None  # "balanced" or "LABEL=WEIGHT,...": weighted cross-entropy
     argv: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:

@@ -410,6 +410,31 @@ def stratified_split(labels: list[str], fraction: float, seed: int) -> tuple[lis
     return sorted(train_idx + singletons), sorted(val_idx)
 
 
+def class_weights(spec: str, labels: list[str], train_labels: list[str]) -> list[float]:
+    """Loss weights per label, in label order: "balanced" (n_rows / (n_labels x rows of the label), as
+    scikit-learn computes it) or explicit "LABEL=WEIGHT,..." (labels not named keep weight 1)."""
+    if spec.strip().lower() == "balanced":
+        import numpy as np
+        from sklearn.utils.class_weight import compute_class_weight
+
+        return [float(w) for w in compute_class_weight("balanced", classes=np.asarray(labels),
+                                                       y=np.asarray(train_labels))]
+    weights = dict.fromkeys(labels, 1.0)
+    for part in spec.split(","):
+        name, sep, value = part.rpartition("=")
+        name = name.strip()
+        if not sep or name not in weights:
+            raise UsageError(f"Invalid value for --class-weights: {part.strip()!r}.",
+                             hint=f"Write balanced, or LABEL=WEIGHT pairs with labels from: {', '.join(labels)}.")
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            raise UsageError(f"Invalid value for --class-weights: {value!r} is not a number.") from None
+        if weights[name] <= 0:
+            raise UsageError(f"Invalid value for --class-weights: the weight of {name!r} must be positive.")
+    return [weights[label] for label in labels]
+
+
 def cjk_share(texts: list[str], sample: int = 2000) -> float:
     """Share of letters that are CJK ideographs, over a sample of texts (for --model auto)."""
     letters = cjk = 0

@@ -21,6 +21,7 @@ from bertclf.data import (
     LabelledData,
     LengthGroupedSampler,
     check_label_set,
+    class_weights,
     data_warnings,
     encode_texts_cached,
     padding_collator,
@@ -260,6 +261,8 @@ def train(config: TrainConfig) -> TrainResult:
         train_encoded = encode_texts_cached(tokenizer, train_texts, max_length, config.truncation, cache)
         val_encoded = encode_texts_cached(tokenizer, val_texts, max_length, config.truncation, cache)
     lr = config.lr if config.lr is not None else auto_learning_rate(model, resolved.source)
+    loss_weights = (class_weights(config.class_weights, labels, [labels[i] for i in train_label_ids])
+                    if config.class_weights else None)
     if config.gradient_checkpointing:
         # transformers 5 renamed gradient_checkpointing_enable (deprecated) to activation_checkpointing_enable.
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
@@ -304,6 +307,7 @@ def train(config: TrainConfig) -> TrainResult:
         "validation_rows": len(val_texts),
         "truncated": {"train": train_encoded.truncated, "validation": val_encoded.truncated},
         "data_warnings": warnings,
+        "class_weights": dict(zip(labels, loss_weights, strict=True)) if loss_weights else None,
         "steps": {"total": total_steps, "per_epoch": steps_per_epoch},
         "metric": config.metric,
     })
@@ -417,7 +421,13 @@ def train(config: TrainConfig) -> TrainResult:
                         checkpoint.restore_rng(pending_rng)
                         pending_rng = None
                     with accelerator.accumulate(model):
-                        loss = model(**batch).loss
+                        if loss_weights is None:
+                            loss = model(**batch).loss
+                        else:  # weighted cross-entropy: rare classes count more (--class-weights)
+                            targets = batch.pop("labels")
+                            logits = model(**batch).logits
+                            loss = torch.nn.functional.cross_entropy(
+                                logits.float(), targets, weight=torch.tensor(loss_weights, device=logits.device))
                         accelerator.backward(loss)
                         if accelerator.sync_gradients:
                             accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)

@@ -157,3 +157,30 @@ def test_train_can_run_twice_in_one_process_with_different_precisions(tmp_path, 
         result = train(TrainConfig(train_file=EXAMPLES / "en_topics.csv", model=str(tiny_model_dir),
                                    output=tmp_path / precision, max_steps=1, cpu=True, mixed_precision=precision))
         assert result.manifest["mixed_precision"] == precision
+
+
+def test_class_weights_balanced_and_explicit(tmp_path, cli, tiny_model_dir):
+    from safetensors.torch import load_file
+
+    rows = [("the match was won", "sports")] * 3 + [("a sunny and warm day", "weather")] * 9
+    data = write_csv(tmp_path / "skewed.csv", rows * 4)
+    code, _, stderr = cli("train", data, "-m", tiny_model_dir, "-o", tmp_path / "b", "--max-steps", "2", "--cpu",
+                          "--class-weights", "balanced")
+    assert code == 0, stderr
+    weights = json.loads((tmp_path / "b" / "bertclf.json").read_text())["class_weights"]
+    train_rows = json.loads((tmp_path / "b" / "bertclf.json").read_text())["train_rows"]
+    assert weights["sports"] > 1 > weights["weather"]  # n / (2 * count): rare class weighs more
+    assert weights["sports"] == pytest.approx(train_rows / (2 * round(train_rows * 0.25)), rel=0.1)
+
+    # All weights 1 follows the weighted-loss path and must train exactly like no weights (within float noise).
+    common = ["train", EXAMPLES / "en_topics.csv", "-m", tiny_model_dir, "--max-steps", "4", "--cpu",
+              "--mixed-precision", "no", "--eval-every", "100"]
+    assert cli(*common, "-o", tmp_path / "plain")[0] == 0
+    code, _, stderr = cli(*common, "-o", tmp_path / "ones", "--class-weights", "sports=1,weather=1")
+    assert code == 0, stderr
+    plain, ones = load_file(str(tmp_path / "plain" / "model.safetensors")), load_file(
+        str(tmp_path / "ones" / "model.safetensors"))
+    assert all((plain[k] - ones[k]).abs().max() < 1e-5 for k in plain)
+
+    code, _, stderr = cli(*common, "-o", tmp_path / "bad", "--class-weights", "gadgets=2")
+    assert code == EXIT_USAGE and "--class-weights" in stderr
