@@ -159,17 +159,24 @@ class EvalConfig:
                self.truncation, f"Choose one of: {', '.join(TRUNCATION_STRATEGIES)}.")
 
 
-def parse_gates(values: list[str], allowed: tuple[str, ...]) -> dict[str, float]:
-    """--fail-under METRIC=VALUE, repeatable, into {metric: threshold}."""
-    gates: dict[str, float] = {}
-    for value in values:
-        name, sep, threshold = value.partition("=")
+def parse_name_values(items: list[str], allowed: list[str] | tuple[str, ...], flag: str,
+                      example: str) -> dict[str, float]:
+    """NAME=NUMBER items (--fail-under macro_f1=0.85, --class-weights pos=2) into {name: number}, with
+    errors that name the flag, the item and the names allowed."""
+    parsed: dict[str, float] = {}
+    for item in items:
+        name, sep, number = item.rpartition("=")
         name = name.strip()
         if not sep or name not in allowed:
-            raise UsageError(f"Invalid value for --fail-under: {value!r}.",
-                             hint=f"Write METRIC=VALUE, for example macro_f1=0.85. Metrics: {', '.join(allowed)}.")
+            raise UsageError(f"Invalid value for {flag}: {item.strip()!r}.",
+                             hint=f"Write {example}, with names from: {', '.join(allowed)}.")
         try:
-            gates[name] = float(threshold)
+            parsed[name] = float(number)
         except ValueError:
-            raise UsageError(f"Invalid value for --fail-under: {value!r}; {threshold!r} is not a number.") from None
-    return gates
+            raise UsageError(f"Invalid value for {flag}: {item.strip()!r}; {number!r} is not a number.") from None
+    return parsed
+
+
+def parse_gates(values: list[str], allowed: tuple[str, ...]) -> dict[str, float]:
+    """--fail-under METRIC=VALUE, repeatable, into {metric: threshold}."""
+    return parse_name_values(values, allowed, "--fail-under", "METRIC=VALUE, for example macro_f1=0.85")

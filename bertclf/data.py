@@ -419,19 +419,14 @@ def class_weights(spec: str, labels: list[str], train_labels: list[str]) -> list
 
         return [float(w) for w in compute_class_weight("balanced", classes=np.asarray(labels),
                                                        y=np.asarray(train_labels))]
+    from bertclf.config import parse_name_values
+
     weights = dict.fromkeys(labels, 1.0)
-    for part in spec.split(","):
-        name, sep, value = part.rpartition("=")
-        name = name.strip()
-        if not sep or name not in weights:
-            raise UsageError(f"Invalid value for --class-weights: {part.strip()!r}.",
-                             hint=f"Write balanced, or LABEL=WEIGHT pairs with labels from: {', '.join(labels)}.")
-        try:
-            weights[name] = float(value)
-        except ValueError:
-            raise UsageError(f"Invalid value for --class-weights: {value!r} is not a number.") from None
-        if weights[name] <= 0:
-            raise UsageError(f"Invalid value for --class-weights: the weight of {name!r} must be positive.")
+    weights.update(parse_name_values(spec.split(","), labels, "--class-weights",
+                                     "balanced, or LABEL=WEIGHT pairs such as pos=2,neg=1"))
+    bad = [label for label, weight in weights.items() if weight <= 0]
+    if bad:
+        raise UsageError(f"Invalid value for --class-weights: the weight of {bad[0]!r} must be positive.")
     return [weights[label] for label in labels]
 
 
