@@ -87,7 +87,7 @@ def bertclf_train_batches(lengths: list[int], batch_size: int, seed: int, steps:
     import torch
 
     try:
-        from bertclf.data import LengthGroupedSampler as BertclfSampler
+        from bertclf.encoding import LengthGroupedSampler as BertclfSampler
     except ImportError:
         BertclfSampler = None
     batches: list[list[int]] = []
@@ -110,7 +110,7 @@ def bertclf_train_batches(lengths: list[int], batch_size: int, seed: int, steps:
 def cmd_prep(args) -> None:
     import torch
 
-    from bertclf.data import encode_texts
+    from bertclf.encoding import EncodingSpec, encode
     from bertclf.model import load_tokenizer, resolve_model
 
     result = {"threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
@@ -126,8 +126,8 @@ def cmd_prep(args) -> None:
         name, folder = spec.split("=", 1)
         train_texts, _ = read_csv(Path(folder) / "train.csv")
         test_texts, _ = read_csv(Path(folder) / "test.csv")
-        train_len = encode_texts(tokenizer, train_texts, MAX_LENGTH).lengths
-        test_len = encode_texts(tokenizer, test_texts, MAX_LENGTH).lengths
+        train_len = encode(tokenizer, train_texts, EncodingSpec(MAX_LENGTH, "head")).lengths
+        test_len = encode(tokenizer, test_texts, EncodingSpec(MAX_LENGTH, "head")).lengths
         eval_len = test_len[:args.eval_rows] if args.eval_rows else test_len
         by_length = sorted(range(len(test_len)), key=lambda i: -test_len[i])
         eval_sorted = sorted(range(len(eval_len)), key=lambda i: -eval_len[i])

@@ -30,7 +30,11 @@ FORMAT_VERSION = 1
 # Settings that define the training trajectory: resuming with any of them changed is refused.
 FINGERPRINT_FIELDS = ("model", "max_length", "truncation", "batch_size", "lr", "weight_decay", "warmup_ratio",
                       "grad_accum", "max_grad_norm", "seed", "validation_split", "text_column", "label_column",
-                      "metric", "mixed_precision", "class_weights")
+                      "metric", "mixed_precision", "class_weights", "text_pair_column", "multi_label",
+                      "label_separator", "long_text", "stride")
+# Fields added after the first release: a checkpoint written before holds the settings they default to.
+ADDED_FIELD_DEFAULTS = {"text_pair_column": None, "multi_label": False, "label_separator": ",",
+                        "long_text": "truncate", "stride": None}
 
 
 def _sha256(path: Path) -> str:
@@ -167,7 +171,7 @@ def fingerprint(config_dict: dict, data_hashes: dict, labels: list[str]) -> dict
 
 def check_compatible(saved: dict, current: dict) -> None:
     """Refuse to resume when data or a trajectory-defining setting changed (epochs and the like may)."""
-    changed = [key for key in current if saved.get(key) != current.get(key)]
+    changed = [key for key in current if saved.get(key, ADDED_FIELD_DEFAULTS.get(key)) != current.get(key)]
     if changed:
         details = "; ".join(f"{key}: {saved.get(key)!r} then, {current.get(key)!r} now" for key in changed)
         raise UsageError(f"Cannot resume: settings or data differ from the checkpoint ({details}).",

@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from bertclf import __version__, console
-from bertclf.config import SCALAR_METRICS, EvalConfig, TrainConfig, parse_gates, parse_learning_rate
+from bertclf.config import EvalConfig, TrainConfig, parse_gates, parse_learning_rate
 from bertclf.errors import EXIT_INTERNAL, EXIT_IO, EXIT_SIGINT, BertclfError, QualityGateError, UsageError
 
 app = typer.Typer(
@@ -94,6 +94,14 @@ def train(
                            "content, review.", rich_help_panel=DATA_PANEL)] = None,
     label_column: Annotated[str | None, typer.Option(help="Label column. Default: the first of label, labels, "
                             "target, category.", rich_help_panel=DATA_PANEL)] = None,
+    text_pair_column: Annotated[str | None, typer.Option(help="Column of a second text per row (sentence pairs: "
+                                "question/answer, premise/hypothesis), encoded as a BERT pair [CLS] a [SEP] b [SEP].",
+                                rich_help_panel=DATA_PANEL)] = None,
+    multi_label: Annotated[bool, typer.Option(help="Each row may have several labels (or none): a JSON list, or "
+                           "names separated by --label-separator. Sigmoid outputs, per-label thresholds tuned on "
+                           "validation.", rich_help_panel=DATA_PANEL)] = False,
+    label_separator: Annotated[str, typer.Option(help="Separator between the labels of a --multi-label cell.",
+                               rich_help_panel=DATA_PANEL)] = D.label_separator,
     encoding: Annotated[str | None, typer.Option(help="File encoding. Default: UTF-8 (with or without BOM), then "
                         "GB18030.", rich_help_panel=DATA_PANEL)] = None,
     data_format: Annotated[str | None, typer.Option("--format", help="csv, tsv, json, jsonl, parquet or fasttext. "
@@ -107,6 +115,11 @@ def train(
                           rich_help_panel=MODEL_PANEL)] = D.max_length,
     truncation: Annotated[str, typer.Option(help="Which tokens of a long text to keep: head, tail or head+tail.",
                           rich_help_panel=MODEL_PANEL)] = D.truncation,
+    long_text: Annotated[str, typer.Option(help="truncate (per --truncation), or chunks: split long texts into "
+                         "overlapping windows of --max-length and average the windows' probabilities.",
+                         rich_help_panel=MODEL_PANEL)] = D.long_text,
+    stride: Annotated[int | None, typer.Option(help="With --long-text chunks: tokens shared by consecutive "
+                      "windows. Default: a quarter of --max-length.", rich_help_panel=MODEL_PANEL)] = None,
     epochs: Annotated[float, typer.Option(help="Passes over the training data.", rich_help_panel=OPT_PANEL)]
     = D.epochs,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps (overrides --epochs).",
@@ -170,8 +183,10 @@ def train(
     with user_errors():
         config = TrainConfig(
             train_file=data, validation_file=validation, validation_split=validation_split,
-            text_column=text_column, label_column=label_column, model=model, output=output, overwrite=overwrite,
-            max_length=max_length, truncation=truncation, epochs=epochs, max_steps=max_steps,
+            text_column=text_column, label_column=label_column, text_pair_column=text_pair_column,
+            multi_label=multi_label, label_separator=label_separator, model=model, output=output,
+            overwrite=overwrite, max_length=max_length, truncation=truncation, long_text=long_text, stride=stride,
+            epochs=epochs, max_steps=max_steps,
             batch_size=batch_size, lr=parse_learning_rate(lr), weight_decay=weight_decay,
             warmup_ratio=warmup_ratio, grad_accum=grad_accum, max_grad_norm=max_grad_norm,
             eval_every=eval_every, early_stopping=early_stopping, metric=metric, seed=seed,
@@ -207,6 +222,8 @@ def eval_command(
     text_column: Annotated[str | None, typer.Option(help="Text column. Default: the one used in training.")] = None,
     label_column: Annotated[str | None, typer.Option(help="Label column. Default: the one used in training.")]
     = None,
+    text_pair_column: Annotated[str | None, typer.Option(help="Second-text column of a pair model. Default: the "
+                                "one used in training.")] = None,
     batch_size: Annotated[int, typer.Option(help="Texts per batch.")] = 64,
     max_length: Annotated[int | None, typer.Option(help="Override the run's max length (tokens).")] = None,
     truncation: Annotated[str | None, typer.Option(help="Override the run's truncation: head, tail, head+tail.")]
@@ -224,6 +241,8 @@ def eval_command(
     cpu: Annotated[bool, typer.Option(help="Run on the CPU even if a GPU is present.")] = False,
     quantize: Annotated[str | None, typer.Option(help="int8: score the dynamically quantized model (CPU), to "
                         "check its accuracy before predicting with it.")] = None,
+    threshold: Annotated[str | None, typer.Option(help="Multi-label runs: decision threshold for every label "
+                         "(0.4) or some (toxic=0.3,spam=0.7), instead of those tuned in training.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
 ) -> None:
     """Score a trained run on a labelled file: accuracy, precision/recall/F1, MCC, ROC-AUC, per class.
@@ -235,8 +254,9 @@ def eval_command(
         bertclf eval runs/topics test.csv --fail-under macro_f1=0.85 --json > report.json
     """
     with user_errors():
-        gates = parse_gates(fail_under or [], SCALAR_METRICS)
+        gates = parse_gates(fail_under or [])
         config = EvalConfig(run_dir=run_dir, data_file=data, text_column=text_column, label_column=label_column,
+                            text_pair_column=text_pair_column, threshold=threshold,
                             batch_size=batch_size, max_length=max_length, truncation=truncation, encoding=encoding,
                             data_format=data_format, drop_empty=drop_empty, cpu=cpu,
                             ignore_unknown_labels=ignore_unknown_labels, report_dir=output, quantize=quantize)
@@ -282,10 +302,16 @@ def _render_eval(report: dict) -> None:
     per_class = Table(title="Per class", header_style="bold")
     for column in ("label", "precision", "recall", "f1", "support"):
         per_class.add_column(column, justify="left" if column == "label" else "right")
+    multi_label = report.get("task") == "multi_label"
+    if multi_label:
+        per_class.title = "Per label"
+        per_class.add_column("threshold", justify="right")
     for label, row in metrics["per_class"].items():
         per_class.add_row(label, f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}",
-                          str(row["support"]))
+                          str(row["support"]), *([f"{row['threshold']:.3f}"] if multi_label else []))
     console.out.print(per_class)
+    if multi_label:  # a label set has no single confusion matrix; per-label counts are in --json
+        return
     matrix = metrics["confusion_matrix"]
     confusion = Table(title="Confusion matrix (rows: gold, columns: predicted)", header_style="bold")
     confusion.add_column("gold \\ predicted")
@@ -303,6 +329,8 @@ def predict(
     input_path: Annotated[str | None, typer.Argument(metavar="[INPUT]", help="CSV, TSV, JSON, JSONL or text file "
                           "(one text per line), or - for stdin.", show_default=False)] = None,
     text: Annotated[list[str] | None, typer.Option("--text", "-t", help="A text to classify. Repeatable.")] = None,
+    text_pair: Annotated[list[str] | None, typer.Option("--text-pair", help="Pair models: the second text of the "
+                         "--text at the same position. Repeatable.")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write predictions here instead of "
                       "stdout.")] = None,
     output_format: Annotated[str | None, typer.Option("--format", help="jsonl, csv or tsv. Default: from the "
@@ -311,6 +339,10 @@ def predict(
                             "extension; txt for stdin.")] = None,
     text_column: Annotated[str | None, typer.Option(help="Text column of a table input. Default: the one used "
                            "in training, else text, sentence, content, review.")] = None,
+    text_pair_column: Annotated[str | None, typer.Option(help="Pair models: the second-text column of a table "
+                                "input. Default: the one used in training.")] = None,
+    threshold: Annotated[str | None, typer.Option(help="Multi-label runs: decision threshold for every label "
+                         "(0.4) or some (toxic=0.3,spam=0.7), instead of those tuned in training.")] = None,
     top_k: Annotated[int, typer.Option(help="Also list the K most probable labels.")] = 1,
     all_probs: Annotated[bool, typer.Option(help="One probability column per label.")] = False,
     keep_columns: Annotated[bool, typer.Option(help="Copy the input columns into the output.")] = False,
@@ -341,18 +373,18 @@ def predict(
 
         manifest = read_manifest(run_dir)
         fmt = pick_output_format(output, output_format)
+        pair_col = text_pair_column or manifest.get("text_pair_column")
         if text:
-            rows = iter([{"text": t} for t in text])
-            text_col, id_col = "text", None
+            rows, text_col, id_col = _rows_from_options(text, text_pair, pair_col)
         else:
             records = open_input(input_path, fmt=input_format, encoding=encoding, text_column=text_column,
-                                 preferred_column=manifest.get("text_column"))
+                                 preferred_column=manifest.get("text_column"), pair_column=pair_col)
             rows, text_col = iter(records), records.text_column
             id_col = "id" if "id" in records.columns else None
 
         from bertclf.predict import Predictor
 
-        predictor = Predictor.from_dir(run_dir, cpu=cpu, quantize=quantize)
+        predictor = Predictor.from_dir(run_dir, cpu=cpu, quantize=quantize, threshold=threshold)
         top_k = min(top_k, len(predictor.labels))
         writer = RowWriter(output, fmt)
         success = False
@@ -363,14 +395,14 @@ def predict(
             def texts():
                 for row in rows:
                     buffered.append(row)
-                    yield row.get(text_col, "")
+                    yield (row.get(text_col, ""), row.get(pair_col, "")) if pair_col else row.get(text_col, "")
 
             for number, prediction in enumerate(predictor.predict_stream(texts(), top_k=top_k,
                                                                          batch_size=batch_size), start=1):
                 row = buffered.popleft()
                 total += 1
-                empty += prediction.label is None
-                writer.write(_prediction_row(number, row, id_col, prediction, predictor.labels, fmt, top_k,
+                empty += prediction.is_empty
+                writer.write(_prediction_row(number, row, id_col, prediction, predictor, fmt, top_k,
                                              all_probs, keep_columns))
             success = True
         finally:
@@ -381,10 +413,31 @@ def predict(
             console.info(f"Wrote {total} predictions to {output}")
 
 
-def _prediction_row(number: int, row: dict, id_col: str | None, prediction, labels: list[str], fmt: str,
+def _rows_from_options(texts: list[str], pairs: list[str] | None, pair_col: str | None):
+    """--text (and --text-pair) options as input rows: (rows, text column, id column)."""
+    if pair_col is None and pairs:
+        raise UsageError("--text-pair is for models trained with --text-pair-column; this one takes single texts.")
+    if pair_col is not None and len(pairs or []) != len(texts):
+        raise UsageError(f"This model classifies text pairs: give one --text-pair for each --text "
+                         f"({len(texts)} --text, {len(pairs or [])} --text-pair).")
+    rows = [{"text": t, **({pair_col: p} if pair_col else {})} for t, p in zip(texts, pairs or [""] * len(texts),
+                                                                              strict=True)]
+    return iter(rows), "text", None
+
+
+def _prediction_row(number: int, row: dict, id_col: str | None, prediction, predictor, fmt: str,
                     top_k: int, all_probs: bool, keep_columns: bool) -> dict:
-    out: dict = {"id": row.get(id_col) if id_col else number, "label": prediction.label,
-                 "score": None if prediction.score is None else round(prediction.score, 6)}
+    labels = predictor.labels
+    out: dict = {"id": row.get(id_col) if id_col else number}
+    if predictor.space.multi_label:
+        # The label set and, always, every label's probability: a set alone hides how close the rest came.
+        chosen = prediction.labels if not prediction.is_empty else None
+        out["labels"] = chosen if fmt == "jsonl" or chosen is None else predictor.manifest.get(
+            "label_separator", ",").join(chosen)
+        all_probs = True
+    else:
+        out["label"] = prediction.label
+        out["score"] = None if prediction.score is None else round(prediction.score, 6)
     if top_k > 1:
         if fmt == "jsonl":
             out["top_k"] = [{"label": label, "score": round(p, 6)} for label, p in prediction.top_k]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
@@ -279,48 +278,86 @@ def pick_column(table: TextTable, requested: str | None, candidates: tuple[str, 
 
 @dataclass
 class LabelledData:
-    """Texts and string labels taken from one file, with the columns they came from."""
+    """Texts (and second texts of pairs) with their labels, taken from one file, and the columns used.
+    `labels` holds one label name per row, or with multi_label a list of names per row."""
 
     table: TextTable
     text_column: str
     label_column: str
     texts: list[str]
-    labels: list[str]
+    labels: list
     row_numbers: list[int] = field(default_factory=list)  # 1-based data rows of the file
+    pairs: list[str] | None = None
+    pair_column: str | None = None
+    multi_label: bool = False
+
+    def label_names(self) -> list[str]:
+        """Every label occurrence (a multi-label row counts once per label it holds)."""
+        return [name for names in self.labels for name in names] if self.multi_label else list(self.labels)
+
+    def pairs_at(self, indices: list[int]) -> list[str] | None:
+        return None if self.pairs is None else [self.pairs[i] for i in indices]
 
 
 def read_labelled(path: Path, *, text_column: str | None, label_column: str | None,
-                  encoding: str | None = None, fmt: str | None = None, drop_empty: bool = False) -> LabelledData:
-    """Read a file and check that every row has a non-empty text and label."""
+                  encoding: str | None = None, fmt: str | None = None, drop_empty: bool = False,
+                  text_pair_column: str | None = None, multi_label: bool = False,
+                  label_separator: str = ",") -> LabelledData:
+    """Read a file and check that every row has a non-empty text (and second text) and a label."""
     from bertclf import console
 
     table = read_table(path, encoding=encoding, fmt=fmt)
     text_col = pick_column(table, text_column, TEXT_COLUMN_CANDIDATES, "--text-column")
     label_col = pick_column(table, label_column, LABEL_COLUMN_CANDIDATES, "--label-column")
-    if text_col == label_col:
-        raise UsageError(f"The text and label columns are the same ({text_col!r}).",
-                         hint="Pass different --text-column and --label-column.")
+    pair_col = pick_column(table, text_pair_column, (), "--text-pair-column") if text_pair_column else None
+    if len({text_col, label_col, pair_col} - {None}) < (3 if pair_col else 2):
+        raise UsageError(f"The text, text pair and label columns must differ (got text {text_col!r}, "
+                         f"label {label_col!r}{f', pair {pair_col!r}' if pair_col else ''}).",
+                         hint="Pass different --text-column, --text-pair-column and --label-column.")
     texts = table.column(text_col)
+    pairs = table.column(pair_col) if pair_col else None
     labels = [label.strip() for label in table.column(label_col)]
     row_numbers = list(range(1, len(texts) + 1))
     empty_labels = [i + 1 for i, label in enumerate(labels) if not label]
     if empty_labels:
         raise DataError(f"{path}: {len(empty_labels)} row(s) have no {label_col!r} label: "
-                        f"rows {_rows_list(empty_labels)}.", hint="Label those rows or remove them.")
-    empty_texts = [i + 1 for i, t in enumerate(texts) if not t.strip()]
+                        f"rows {_rows_list(empty_labels)}.",
+                        hint="Label those rows or remove them" + (" (write [] for a text with none of the labels)."
+                                                                 if multi_label else "."))
+    empty_texts = [i + 1 for i, t in enumerate(texts) if not t.strip() or (pairs is not None and not pairs[i].strip())]
+    what = f"{text_col!r} text" + (f" or {pair_col!r} pair text" if pair_col else "")
     if empty_texts and not drop_empty:
-        raise DataError(f"{path}: {len(empty_texts)} row(s) have an empty {text_col!r} text: "
+        raise DataError(f"{path}: {len(empty_texts)} row(s) have an empty {what}: "
                         f"rows {_rows_list(empty_texts)}.", hint="Fill in or remove those rows, or pass --drop-empty.")
     if empty_texts:
-        console.warn(f"{path}: left out {len(empty_texts)} row(s) with an empty text (--drop-empty): "
+        console.warn(f"{path}: left out {len(empty_texts)} row(s) with an empty {what} (--drop-empty): "
                      f"rows {_rows_list(empty_texts)}.")
-        keep = [i for i, t in enumerate(texts) if t.strip()]
+        empty = set(empty_texts)
+        keep = [i for i in range(len(texts)) if i + 1 not in empty]
         texts, labels, row_numbers = [texts[i] for i in keep], [labels[i] for i in keep], [i + 1 for i in keep]
+        pairs = [pairs[i] for i in keep] if pairs is not None else None
         if not texts:
-            raise DataError(f"{path}: every row has an empty text.")
+            raise DataError(f"{path}: every row has an empty {what}.")
     if table.format in ("csv", "tsv"):
         _check_swallowed_rows(table, texts, labels, row_numbers)
-    return LabelledData(table, text_col, label_col, texts, labels, row_numbers)
+    data = LabelledData(table, text_col, label_col, texts, labels, row_numbers, pairs, pair_col, multi_label)
+    if multi_label:
+        data.labels = _label_sets(data, label_separator)
+    return data
+
+
+def _label_sets(data: LabelledData, separator: str) -> list[list[str]]:
+    from bertclf.labels import split_label_cell
+
+    sets = []
+    for cell, row in zip(data.labels, data.row_numbers, strict=True):
+        try:
+            sets.append(split_label_cell(cell, separator))
+        except ValueError as exc:
+            raise DataError(f"{data.table.path}: row {row}, column {data.label_column!r}: {exc}.",
+                            hint=f'Write labels as a JSON list (["a", "b"]) or separated by {separator!r} '
+                            "(--label-separator).") from None
+    return sets
 
 
 def _check_swallowed_rows(table: TextTable, texts: list[str], labels: list[str], row_numbers: list[int]) -> None:
@@ -340,15 +377,15 @@ def _check_swallowed_rows(table: TextTable, texts: list[str], labels: list[str],
                 hint='Check the quotes on and just before that row; a quote inside a field is written "".')
 
 
-def data_warnings(path: Path, texts: list[str], labels: list[str],
+def data_warnings(path: Path, texts: list[str], labels: list,
                   val_texts: list[str] | None = None) -> list[str]:
     """Problems worth knowing that do not stop training: duplicates, conflicting labels, train/validation
-    overlap, extreme class imbalance."""
+    overlap, extreme class imbalance. `labels` holds a name per text, or a list of names (multi-label)."""
     warnings: list[str] = []
     normalized = [" ".join(t.split()).casefold() for t in texts]
     by_text: dict[str, set[str]] = {}
     for text, label in zip(normalized, labels, strict=True):
-        by_text.setdefault(text, set()).add(label)
+        by_text.setdefault(text, set()).add(label if isinstance(label, str) else ",".join(sorted(label)))
     duplicates = len(normalized) - len(by_text)
     if duplicates:
         warnings.append(f"{path}: {duplicates} duplicate text(s) (after case and whitespace folding).")
@@ -361,7 +398,9 @@ def data_warnings(path: Path, texts: list[str], labels: list[str],
         if overlap:
             warnings.append(f"{overlap} of {len(val_texts)} validation text(s) ({overlap / len(val_texts):.1%}) also "
                             "appear in the training data: validation scores will be optimistic.")
-    counts = Counter(labels)
+    counts = Counter(name for label in labels for name in ([label] if isinstance(label, str) else label))
+    if not counts:
+        return warnings
     (top, top_n), (low, low_n) = counts.most_common()[0], counts.most_common()[-1]
     if top_n >= 20 * low_n:
         warnings.append(f"Classes are very imbalanced: {top!r} has {top_n} rows, {low!r} only {low_n}. "
@@ -369,28 +408,33 @@ def data_warnings(path: Path, texts: list[str], labels: list[str],
     return warnings
 
 
-def sorted_labels(labels: list[str]) -> list[str]:
-    """A stable label order: numeric order for integer labels ("2" before "10"), else alphabetical."""
-    unique = set(labels)
-    if all(label.lstrip("-").isdigit() for label in unique):
-        return sorted(unique, key=lambda label: (int(label), label))
-    return sorted(unique)
-
-
 def check_label_set(data: LabelledData) -> list[str]:
-    label_list = sorted_labels(data.labels)
+    from bertclf.labels import sorted_labels
+
+    label_list = sorted_labels(data.label_names())
     if len(label_list) < 2:
         raise DataError(
-            f"{data.table.path}: column {data.label_column!r} holds a single label ({label_list[0]!r}); "
+            f"{data.table.path}: column {data.label_column!r} holds "
+            f"{'a single label (' + repr(label_list[0]) + ')' if label_list else 'no labels'}; "
             "a classifier needs at least two.",
-            hint="Check --label-column, or add examples of the other classes.",
+            hint="Check --label-column" + (" and --label-separator" if data.multi_label else "")
+            + ", or add examples of the other classes.",
         )
     return label_list
 
 
-def unknown_labels(labels: list[str], known: list[str]) -> Counter:
+def unknown_labels(data: LabelledData, known: list[str] | tuple[str, ...]) -> Counter:
+    """Labels of the data that are not in `known`, with their counts."""
     known_set = set(known)
-    return Counter(label for label in labels if label not in known_set)
+    return Counter(label for label in data.label_names() if label not in known_set)
+
+
+def rows_with_known_labels(data: LabelledData, known: list[str] | tuple[str, ...]) -> list[int]:
+    """Indices of rows whose label (every label, for multi-label) is in `known`."""
+    known_set = set(known)
+    if data.multi_label:
+        return [i for i, names in enumerate(data.labels) if set(names) <= known_set]
+    return [i for i, label in enumerate(data.labels) if label in known_set]
 
 
 def stratified_split(labels: list[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -410,26 +454,6 @@ def stratified_split(labels: list[str], fraction: float, seed: int) -> tuple[lis
     return sorted(train_idx + singletons), sorted(val_idx)
 
 
-def class_weights(spec: str, labels: list[str], train_labels: list[str]) -> list[float]:
-    """Loss weights per label, in label order: "balanced" (n_rows / (n_labels x rows of the label), as
-    scikit-learn computes it) or explicit "LABEL=WEIGHT,..." (labels not named keep weight 1)."""
-    if spec.strip().lower() == "balanced":
-        import numpy as np
-        from sklearn.utils.class_weight import compute_class_weight
-
-        return [float(w) for w in compute_class_weight("balanced", classes=np.asarray(labels),
-                                                       y=np.asarray(train_labels))]
-    from bertclf.config import parse_name_values
-
-    weights = dict.fromkeys(labels, 1.0)
-    weights.update(parse_name_values(spec.split(","), labels, "--class-weights",
-                                     "balanced, or LABEL=WEIGHT pairs such as pos=2,neg=1"))
-    bad = [label for label, weight in weights.items() if weight <= 0]
-    if bad:
-        raise UsageError(f"Invalid value for --class-weights: the weight of {bad[0]!r} must be positive.")
-    return [weights[label] for label in labels]
-
-
 def cjk_share(texts: list[str], sample: int = 2000) -> float:
     """Share of letters that are CJK ideographs, over a sample of texts (for --model auto)."""
     letters = cjk = 0
@@ -440,136 +464,3 @@ def cjk_share(texts: list[str], sample: int = 2000) -> float:
                 if "CJK" in unicodedata.name(char, ""):
                     cjk += 1
     return cjk / letters if letters else 0.0
-
-
-@dataclass
-class Encoded:
-    """Token ids per text (with [CLS]/[SEP]) and how many texts were cut to fit max_length."""
-
-    input_ids: list[list[int]]
-    truncated: int
-
-    def __len__(self) -> int:
-        return len(self.input_ids)
-
-    @property
-    def lengths(self) -> list[int]:
-        return [len(ids) for ids in self.input_ids]
-
-
-def encode_texts(tokenizer, texts: list[str], max_length: int, truncation: str = "head",
-                 batch_size: int = 1000) -> Encoded:
-    """Tokenize without padding, then cut each text to max_length by the truncation strategy.
-
-    The same function serves train, eval and predict, so a text is always cut the same way.
-    head keeps the first tokens, tail the last, head+tail a quarter from the start and the rest
-    from the end (Sun et al. 2019, "How to Fine-Tune BERT for Text Classification?").
-    """
-    budget = max_length - 2  # room for [CLS] and [SEP]
-    cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
-    all_ids: list[list[int]] = []
-    truncated = 0
-    for start in range(0, len(texts), batch_size):
-        chunk = texts[start : start + batch_size]
-        pieces = tokenizer(chunk, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
-        for ids in pieces:
-            if len(ids) > budget:
-                truncated += 1
-                if truncation == "head":
-                    ids = ids[:budget]
-                elif truncation == "tail":
-                    ids = ids[-budget:]
-                else:
-                    head = budget // 4
-                    ids = ids[:head] + ids[len(ids) - (budget - head):]
-            all_ids.append([cls_id, *ids, sep_id])
-    return Encoded(all_ids, truncated)
-
-
-def encode_texts_cached(tokenizer, texts: list[str], max_length: int, truncation: str, cache_dir: Path) -> Encoded:
-    """encode_texts, stored under cache_dir keyed by the vocabulary, texts and settings. In a distributed run
-    the main process encodes first (accelerate's main_process_first) and the others read its file."""
-    import numpy as np
-
-    digest = hashlib.sha256()
-    digest.update(json.dumps([sorted(tokenizer.get_vocab().items()), max_length, truncation,
-                              tokenizer.do_lower_case if hasattr(tokenizer, "do_lower_case") else None]).encode())
-    for text in texts:
-        digest.update(text.encode("utf-8") + b"\x00")
-    path = cache_dir / f"tokens-{digest.hexdigest()[:32]}.npz"
-    if path.is_file():
-        saved = np.load(path, allow_pickle=False)
-        ids, offsets = saved["ids"].tolist(), saved["offsets"].tolist()
-        return Encoded([ids[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)], int(saved["truncated"]))
-    encoded = encode_texts(tokenizer, texts, max_length, truncation)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    offsets = np.cumsum([0, *encoded.lengths])
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, ids=np.fromiter((i for ids in encoded.input_ids for i in ids), dtype=np.int64), offsets=offsets,
-             truncated=encoded.truncated)
-    os.replace(tmp, path)
-    return encoded
-
-
-class EncodedDataset:
-    """Map-style dataset of encoded texts (and label ids), as dicts the padding collator understands."""
-
-    def __init__(self, encoded: Encoded, label_ids: list[int] | None = None):
-        self.encoded = encoded
-        self.label_ids = label_ids
-
-    def __len__(self) -> int:
-        return len(self.encoded)
-
-    def __getitem__(self, index: int) -> dict:
-        ids = self.encoded.input_ids[index]
-        item = {"input_ids": ids, "attention_mask": [1] * len(ids), "token_type_ids": [0] * len(ids)}
-        if self.label_ids is not None:
-            item["labels"] = self.label_ids[index]
-        return item
-
-
-class LengthGroupedSampler:
-    """Shuffled training order in which each batch holds texts of similar length, so padding stays small.
-
-    Indices are shuffled, cut into groups of `batches_per_group` batches, sorted by length inside each
-    group, and the resulting batches shuffled again. Groups are kept small on purpose: transformers'
-    LengthGroupedSampler sorts groups of up to 50 batches, and when length correlates with the label
-    (long reviews are more often negative) its batches become nearly single-label; a from-scratch
-    model on zh_reviews then never learned (validation accuracy stuck at the majority share, 0.526,
-    against 0.79 with groups of 8).
-    """
-
-    def __init__(self, lengths: list[int], batch_size: int, seed: int, batches_per_group: int = 8):
-        self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
-        self.group_size = batch_size * batches_per_group
-        # Set by the training loop. Deliberately no set_epoch() method: accelerate calls set_epoch with its
-        # own per-DataLoader iteration count, which restarts at 0 after a resume.
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __iter__(self):
-        import torch
-
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(len(self.lengths), generator=generator).tolist()
-        batches: list[list[int]] = []
-        for start in range(0, len(order), self.group_size):
-            group = sorted(order[start : start + self.group_size], key=lambda i: -self.lengths[i])
-            batches.extend(group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size))
-        # Full batches first in random order, a short last batch (if any) at the end: every batch but
-        # one has batch_size texts, as DataLoader would cut them.
-        full = [b for b in batches if len(b) == self.batch_size]
-        short = [b for b in batches if len(b) < self.batch_size]
-        permutation = torch.randperm(len(full), generator=generator).tolist()
-        for batch in [full[i] for i in permutation] + short:
-            yield from batch
-
-
-def padding_collator(tokenizer):
-    """Pads each batch to its own longest text (dynamic padding), not to max_length."""
-    from transformers import DataCollatorWithPadding
-
-    return DataCollatorWithPadding(tokenizer, return_tensors="pt")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from bertclf.data import Encoded, EncodedDataset, padding_collator
+from bertclf.encoding import Encoded, EncodedDataset, padding_collator, pool_windows
+from bertclf.labels import LabelSpace
 
 
 class _Reordered:
@@ -60,25 +61,24 @@ def predict_logits(model, tokenizer, encoded: Encoded, batch_size: int, *, accel
     return logits
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
+def predict_probs(model, tokenizer, encoded: Encoded, space: LabelSpace, batch_size: int, *, accelerator=None,
+                  device=None) -> np.ndarray:
+    """Probabilities (n_texts, n_labels) in input order: softmax, or a sigmoid per label for multi-label;
+    a text split into windows (--long-text chunks) gets the mean over its windows."""
+    logits = predict_logits(model, tokenizer, encoded, batch_size, accelerator=accelerator, device=device)
+    return pool_windows(space.probabilities(logits), encoded)
 
 
-def cross_entropy(logits: np.ndarray, label_ids: np.ndarray) -> float:
-    probs = softmax(logits.astype(np.float64))
-    picked = probs[np.arange(len(label_ids)), label_ids]
-    return float(-np.log(np.clip(picked, 1e-12, None)).mean())
+def score(probs: np.ndarray, targets: np.ndarray, space: LabelSpace, thresholds=None) -> dict:
+    """All metrics of probabilities against targets (label ids, or multi-hot rows), plus the loss."""
+    from bertclf.metrics import classification_metrics, multilabel_metrics
 
-
-def score_logits(logits: np.ndarray, label_ids: np.ndarray, labels: list[str]) -> dict:
-    """All metrics for logits against gold label ids, plus the loss."""
-    from bertclf.metrics import classification_metrics
-
-    probs = softmax(logits)
-    metrics = classification_metrics(label_ids, probs.argmax(axis=1), labels, probs)
-    metrics["loss"] = cross_entropy(logits, label_ids)
+    names = list(space.names)
+    if space.multi_label:
+        metrics = multilabel_metrics(targets, space.decide(probs, thresholds), names, probs, thresholds)
+    else:
+        metrics = classification_metrics(targets, space.decide(probs), names, probs)
+    metrics["loss"] = space.loss(probs, targets)
     return metrics
 
 
@@ -87,57 +87,76 @@ def evaluate(config) -> dict:
     import time
 
     from bertclf import console
-    from bertclf.data import encode_texts, read_labelled, unknown_labels
+    from bertclf.data import read_labelled, rows_with_known_labels, unknown_labels
     from bertclf.errors import DataError
+    from bertclf.model import read_manifest
     from bertclf.predict import Predictor
 
     started = time.perf_counter()
-    from bertclf.model import read_manifest
-
     manifest = read_manifest(config.run_dir)  # before reading data: a wrong run dir is the likelier mistake
+    multi_label = manifest.get("task") == "multi_label"
     data = read_labelled(config.data_file, text_column=config.text_column or manifest.get("text_column"),
                          label_column=config.label_column or manifest.get("label_column"),
+                         text_pair_column=config.text_pair_column or manifest.get("text_pair_column"),
+                         multi_label=multi_label, label_separator=manifest.get("label_separator", ","),
                          encoding=config.encoding, fmt=config.data_format, drop_empty=config.drop_empty)
     predictor = Predictor.from_dir(config.run_dir, cpu=config.cpu, max_length=config.max_length,
-                                   truncation=config.truncation, quantize=config.quantize)
-    labels = predictor.labels
-    unseen = unknown_labels(data.labels, labels)
+                                   truncation=config.truncation, quantize=config.quantize,
+                                   threshold=config.threshold)
+    space = predictor.space
+    unseen = unknown_labels(data, space.names)
     keep = list(range(len(data.texts)))
     if unseen:
         listed = ", ".join(f"{label!r} ({count})" for label, count in unseen.most_common())
         if not config.ignore_unknown_labels:
             raise DataError(f"{config.data_file}: labels the model never saw: {listed}. The model knows: "
-                            f"{', '.join(labels)}.", hint="Fix the labels, or pass --ignore-unknown-labels to "
-                            "leave those rows out.")
-        keep = [i for i in keep if data.labels[i] in labels]
+                            f"{', '.join(space.names)}.", hint="Fix the labels, or pass --ignore-unknown-labels "
+                            "to leave those rows out.")
+        keep = rows_with_known_labels(data, space.names)
         console.warn(f"Left out {len(data.texts) - len(keep)} row(s) with labels the model never saw: {listed}.")
-    texts = [data.texts[i] for i in keep]
-    gold = np.asarray([labels.index(data.labels[i]) for i in keep])
+    texts, pairs = [data.texts[i] for i in keep], data.pairs_at(keep)
+    gold = space.targets([data.labels[i] for i in keep])
     load_seconds = time.perf_counter() - started
     tick = time.perf_counter()
-    encoded = encode_texts(predictor.tokenizer, texts, predictor.max_length, predictor.truncation)
-    logits = predict_logits(predictor.model, predictor.tokenizer, encoded, config.batch_size,
-                            device=predictor.device)
+    probs, encoded = predictor.probabilities_of(texts, pairs, config.batch_size)
     predict_seconds = time.perf_counter() - tick
-    metrics = score_logits(logits, gold, labels)
-    probs = softmax(logits)
-    predicted = probs.argmax(axis=1)
-    errors = [
-        {"row": data.row_numbers[i], "text": texts[j], "gold": labels[gold[j]], "predicted": labels[predicted[j]],
-         "confidence": float(probs[j, predicted[j]])}
-        for j, i in enumerate(keep) if predicted[j] != gold[j]
-    ]
+    metrics = score(probs, gold, space, predictor.thresholds)
+    predicted = space.decide(probs, predictor.thresholds)
     return {
         "run_dir": str(config.run_dir),
         "data": data.table.describe(),
+        "task": "multi_label" if space.multi_label else "single_label",
         "rows": len(data.texts),
         "rows_evaluated": len(texts),
         "rows_ignored_unknown_label": len(data.texts) - len(texts),
         "truncated": encoded.truncated,
-        "max_length": predictor.max_length,
-        "truncation": predictor.truncation,
+        "sequences": len(encoded),
+        **predictor.spec.to_dict(),
         "metrics": metrics,
         "timings": {"load_seconds": round(load_seconds, 3), "predict_seconds": round(predict_seconds, 3),
                     "texts_per_second": round(len(texts) / max(predict_seconds, 1e-9), 1)},
-        "errors": errors,
+        "errors": _errors(data, keep, texts, pairs, gold, predicted, probs, space),
     }
+
+
+def _errors(data, keep: list[int], texts: list[str], pairs: list[str] | None, gold: np.ndarray,
+            predicted: np.ndarray, probs: np.ndarray, space: LabelSpace) -> list[dict]:
+    """The rows the model got wrong (for multi-label: whose predicted set differs from the gold set)."""
+    errors = []
+    for j, i in enumerate(keep):
+        if space.multi_label:
+            if (predicted[j] == gold[j]).all():
+                continue
+            record = {"row": data.row_numbers[i], "text": texts[j],
+                      "gold": ",".join(n for n, g in zip(space.names, gold[j], strict=True) if g),
+                      "predicted": ",".join(n for n, g in zip(space.names, predicted[j], strict=True) if g),
+                      "confidence": None}
+        else:
+            if predicted[j] == gold[j]:
+                continue
+            record = {"row": data.row_numbers[i], "text": texts[j], "gold": space.names[gold[j]],
+                      "predicted": space.names[predicted[j]], "confidence": float(probs[j, predicted[j]])}
+        if pairs is not None:
+            record["text_pair"] = pairs[j]
+        errors.append(record)
+    return errors

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bertclf.data import encode_texts, read_labelled
+from bertclf.data import read_labelled
+from bertclf.encoding import EncodingSpec, encode
 
 PERCENTILES = (50, 90, 95, 99, 100)
 
@@ -44,7 +45,7 @@ def inspect_file(path: Path, *, text_column: str | None = None, label_column: st
     if model:
         tokenizer, source = _tokenizer_for(model, data.texts, max_length)
         # Lengths with no cut (a huge max_length), then the share a cut at max_length would truncate.
-        lengths = np.asarray(encode_texts(tokenizer, data.texts, 10**9).lengths)
+        lengths = np.asarray(encode(tokenizer, data.texts, EncodingSpec(max_length=10**9)).lengths)
         report["tokens"] = {"model": model, "source": source, "max_length": max_length,
                             "percentiles": _percentiles(lengths.tolist()),
                             "truncated": int((lengths > max_length).sum()),

@@ -55,3 +55,43 @@ def _roc_auc(roc_auc_score, y_true: np.ndarray, probs: np.ndarray | None, num_la
 def scalar_metrics(metrics: dict) -> dict:
     """Only the single-number metrics (for tables, logs and gates)."""
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str],
+                       probs: np.ndarray | None = None, thresholds: list[float] | None = None) -> dict:
+    """Multi-label scores on multi-hot matrices (n_texts, n_labels): subset accuracy (the whole label set
+    right), Hamming loss (share of wrong label decisions), micro/macro/weighted/samples F1, and a
+    per-label report with the decision threshold used and the label's confusion counts."""
+    from sklearn.exceptions import UndefinedMetricWarning
+    from sklearn.metrics import (
+        accuracy_score,
+        hamming_loss,
+        multilabel_confusion_matrix,
+        precision_recall_fscore_support,
+        roc_auc_score,
+    )
+
+    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    result: dict = {"subset_accuracy": float(accuracy_score(y_true, y_pred)),
+                    "hamming_loss": float(hamming_loss(y_true, y_pred))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        for average in ("micro", "macro", "weighted", "samples"):
+            p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, average=average, zero_division=0)
+            if average != "samples":
+                result[f"{average}_precision"], result[f"{average}_recall"] = float(p), float(r)
+            result[f"{average}_f1"] = float(f)
+        p, r, f, support = precision_recall_fscore_support(y_true, y_pred, zero_division=0)
+    # ROC-AUC over the labels that have both positive and negative rows (macro); None if none has.
+    defined = [j for j in range(len(labels)) if 0 < y_true[:, j].sum() < len(y_true)]
+    result["roc_auc"] = (float(roc_auc_score(y_true[:, defined], probs[:, defined], average="macro"))
+                         if probs is not None and defined else None)
+    confusion = multilabel_confusion_matrix(y_true, y_pred)  # per label: [[tn, fp], [fn, tp]]
+    result["per_class"] = {
+        label: {"precision": float(p[j]), "recall": float(r[j]), "f1": float(f[j]), "support": int(support[j]),
+                "threshold": None if thresholds is None else round(float(thresholds[j]), 6),
+                "tp": int(confusion[j, 1, 1]), "fp": int(confusion[j, 0, 1]), "fn": int(confusion[j, 1, 0]),
+                "tn": int(confusion[j, 0, 0])}
+        for j, label in enumerate(labels)
+    }
+    return result

@@ -171,25 +171,26 @@ def load_tokenizer(path: Path):
 
 
 def load_for_training(resolved: ResolvedModel, labels: list[str], train_texts: list[str], max_length: int,
-                      workdir: Path):
-    """(tokenizer, model) with a fresh classification head for `labels`."""
+                      workdir: Path, multi_label: bool = False):
+    """(tokenizer, model) with a fresh classification head for `labels`. The head's problem type (saved in
+    config.json) makes transformers' pipeline apply a sigmoid per label to a multi-label run."""
     from transformers import BertConfig, BertForSequenceClassification
 
     quiet_transformers()
-    id2label = dict(enumerate(labels))
-    label2id = {label: i for i, label in enumerate(labels)}
+    head = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+            "label2id": {label: i for i, label in enumerate(labels)},
+            "problem_type": "multi_label_classification" if multi_label else "single_label_classification"}
     if resolved.source == "scratch":
         from bertclf.scratch import build_scratch
 
         tokenizer, config = build_scratch(resolved.scratch_size, train_texts, max_length, workdir)
-        config.num_labels = len(labels)
-        config.id2label, config.label2id = id2label, label2id
+        for key, value in head.items():
+            setattr(config, key, value)
         model = BertForSequenceClassification(config)
         return tokenizer, model
     assert resolved.path is not None
     tokenizer = load_tokenizer(resolved.path)
-    config = BertConfig.from_pretrained(str(resolved.path), num_labels=len(labels), id2label=id2label,
-                                        label2id=label2id, local_files_only=True)
+    config = BertConfig.from_pretrained(str(resolved.path), local_files_only=True, **head)
     model = BertForSequenceClassification.from_pretrained(str(resolved.path), config=config,
                                                           use_safetensors=True, local_files_only=True)
     return tokenizer, model
@@ -226,16 +227,21 @@ def read_manifest(run_dir: Path) -> dict:
         raise InputMissingError(f"{path}: unreadable manifest ({exc}).") from None
 
 
-def load_run(run_dir: Path):
-    """(manifest, tokenizer, model) of a run directory, model in eval mode."""
+def load_run_model(run_dir: Path):
+    """The classifier saved in a run directory (safetensors only), in eval mode."""
     from transformers import BertForSequenceClassification
 
     quiet_transformers()
-    run_dir = Path(run_dir)
-    manifest = read_manifest(run_dir)
     check_weights_dir(run_dir)
-    tokenizer = load_tokenizer(run_dir)
     model = BertForSequenceClassification.from_pretrained(str(run_dir), use_safetensors=True,
                                                           local_files_only=True)
     model.eval()
-    return manifest, tokenizer, model
+    return model
+
+
+def load_run(run_dir: Path):
+    """(manifest, tokenizer, model) of a run directory, model in eval mode."""
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    model = load_run_model(run_dir)
+    return manifest, load_tokenizer(run_dir), model

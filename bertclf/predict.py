@@ -9,36 +9,66 @@ from pathlib import Path
 import numpy as np
 
 from bertclf import console
-from bertclf.data import encode_texts
+from bertclf.encoding import Encoded, EncodingSpec, encode
 from bertclf.errors import UsageError
+from bertclf.labels import DEFAULT_THRESHOLD, LabelSpace, parse_threshold_option
+
+# A text to classify, or a (text, second text) pair for a model trained with --text-pair-column.
+Item = str | tuple[str, str]
 
 
 @dataclass(frozen=True)
 class Prediction:
-    label: str | None  # None for an empty text
-    score: float | None
+    label: str | None  # the most probable label; None for an empty text
+    score: float | None  # its probability
     top_k: list[tuple[str, float]]
-    probs: dict[str, float]
+    probs: dict[str, float]  # every label's probability; empty for an empty text
+    labels: list[str] | None = None  # multi-label: the labels at or above their threshold, most probable first
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.probs
 
 
 class Predictor:
-    """A trained classifier, ready to predict. Uses the run's max length and truncation strategy."""
+    """A trained classifier, ready to predict. Encodes texts as the run was trained: max length, truncation,
+    windows for long texts (--long-text chunks), sentence pairs; multi-label runs apply the tuned thresholds."""
 
     def __init__(self, run_dir: Path, manifest: dict, tokenizer, model, device, *, max_length: int | None = None,
-                 truncation: str | None = None):
+                 truncation: str | None = None, threshold: str | None = None):
         self.run_dir = Path(run_dir)
         self.manifest = manifest
         self.tokenizer = tokenizer
         self.model = model
         self.device = device
         self.labels: list[str] = [model.config.id2label[i] for i in range(model.config.num_labels)]
-        self.max_length = min(max_length or manifest.get("max_length", 128),
-                              int(model.config.max_position_embeddings))
-        self.truncation = truncation or manifest.get("truncation", "head")
+        self.space = LabelSpace(tuple(self.labels), multi_label=manifest.get("task") == "multi_label")
+        self.spec = EncodingSpec(
+            max_length=min(max_length or manifest.get("max_length", 128), int(model.config.max_position_embeddings)),
+            truncation=truncation or manifest.get("truncation", "head"),
+            long_text=manifest.get("long_text", "truncate"), stride=int(manifest.get("stride") or 0))
+        self.text_pair_column: str | None = manifest.get("text_pair_column")
+        chosen = dict(manifest.get("thresholds") or {})
+        if threshold is not None:
+            if not self.space.multi_label:
+                raise UsageError("--threshold applies to multi-label runs only; this run predicts one label per "
+                                 "text (the most probable).")
+            chosen.update(parse_threshold_option(threshold, self.labels))
+        self.thresholds = np.asarray([chosen.get(label, DEFAULT_THRESHOLD) for label in self.labels]) \
+            if self.space.multi_label else None
+
+    @property
+    def max_length(self) -> int:
+        return self.spec.max_length
+
+    @property
+    def truncation(self) -> str:
+        return self.spec.truncation
 
     @classmethod
     def from_dir(cls, run_dir: Path | str, *, cpu: bool = False, max_length: int | None = None,
-                 truncation: str | None = None, quantize: str | None = None) -> Predictor:
+                 truncation: str | None = None, quantize: str | None = None,
+                 threshold: str | None = None) -> Predictor:
         import torch
 
         from bertclf.model import load_run
@@ -51,21 +81,32 @@ class Predictor:
         if quantize:
             model = quantize_int8(model, quantize)
         model.to(device)
-        return cls(Path(run_dir), manifest, tokenizer, model, device, max_length=max_length, truncation=truncation)
+        return cls(Path(run_dir), manifest, tokenizer, model, device, max_length=max_length, truncation=truncation,
+                   threshold=threshold)
 
-    def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    def probabilities_of(self, texts: Sequence[str], pairs: Sequence[str] | None = None,
+                         batch_size: int = 64) -> tuple[np.ndarray, Encoded]:
+        """Probabilities (n_texts, n_labels) of non-empty texts, and their encoding."""
+        from bertclf.evaluation import predict_probs
+
+        if self.text_pair_column is not None and pairs is None:
+            raise UsageError(f"{self.run_dir} was trained on text pairs (column {self.text_pair_column!r}); "
+                             "give the second text of each pair as well.")
+        encoded = encode(self.tokenizer, list(texts), self.spec, None if pairs is None else list(pairs))
+        return predict_probs(self.model, self.tokenizer, encoded, self.space, batch_size, device=self.device), encoded
+
+    def predict_proba(self, texts: Sequence[Item], batch_size: int = 64) -> np.ndarray:
         """Probabilities (n_texts, n_labels) in input order; empty texts get a row of NaN."""
-        from bertclf.evaluation import predict_logits, softmax
-
-        probs = np.full((len(texts), len(self.labels)), np.nan, dtype=np.float32)
-        keep = [i for i, text in enumerate(texts) if text.strip()]
+        first, second = _split_items(texts)
+        probs = np.full((len(first), len(self.labels)), np.nan, dtype=np.float64)
+        keep = [i for i, text in enumerate(first) if text.strip()]
         if keep:
-            encoded = encode_texts(self.tokenizer, [texts[i] for i in keep], self.max_length, self.truncation)
-            logits = predict_logits(self.model, self.tokenizer, encoded, batch_size, device=self.device)
-            probs[keep] = softmax(logits)
+            probs[keep], _ = self.probabilities_of([first[i] for i in keep],
+                                                   None if second is None else [second[i] for i in keep], batch_size)
         return probs
 
-    def predict(self, texts: Sequence[str], *, top_k: int = 1, batch_size: int = 64) -> list[Prediction]:
+    def predict(self, texts: Sequence[Item], *, top_k: int = 1, batch_size: int = 64) -> list[Prediction]:
+        """Texts, or (text, second text) pairs for a pair model, to predictions in input order."""
         if top_k < 1:
             raise UsageError(f"Invalid value for --top-k: {top_k}. Give 1 or more.")
         probs = self.predict_proba(texts, batch_size)
@@ -73,16 +114,20 @@ class Predictor:
 
     def _prediction(self, row: np.ndarray, top_k: int) -> Prediction:
         if np.isnan(row).any():
-            return Prediction(None, None, [], {})
-        order = np.argsort(-row)[:top_k]
+            return Prediction(None, None, [], {}, [] if self.space.multi_label else None)
+        order = np.argsort(-row)
         best = int(order[0])
-        return Prediction(self.labels[best], float(row[best]), [(self.labels[i], float(row[i])) for i in order],
-                          {label: float(p) for label, p in zip(self.labels, row, strict=True)})
+        chosen = None
+        if self.space.multi_label:
+            chosen = [self.labels[i] for i in order if row[i] >= self.thresholds[i]]
+        return Prediction(self.labels[best], float(row[best]),
+                          [(self.labels[i], float(row[i])) for i in order[:top_k]],
+                          {label: float(p) for label, p in zip(self.labels, row, strict=True)}, chosen)
 
-    def predict_stream(self, texts: Iterable[str], *, chunk_size: int = 2048, top_k: int = 1,
+    def predict_stream(self, texts: Iterable[Item], *, chunk_size: int = 2048, top_k: int = 1,
                        batch_size: int = 64) -> Iterator[Prediction]:
         """Predictions in input order, chunk by chunk, so memory does not grow with the input."""
-        chunk: list[str] = []
+        chunk: list[Item] = []
         for text in texts:
             chunk.append(text)
             if len(chunk) >= chunk_size:
@@ -90,6 +135,15 @@ class Predictor:
                 chunk = []
         if chunk:
             yield from self.predict(chunk, top_k=top_k, batch_size=batch_size)
+
+
+def _split_items(items: Sequence[Item]) -> tuple[list[str], list[str] | None]:
+    """Items to (first texts, second texts or None). All items are plain texts, or all are pairs."""
+    if all(isinstance(item, str) for item in items):
+        return list(items), None
+    if all(isinstance(item, tuple) and len(item) == 2 for item in items):
+        return [item[0] for item in items], [item[1] for item in items]
+    raise UsageError("Give either texts or (text, second text) pairs, not a mix.")
 
 
 def quantize_int8(model, mode: str):

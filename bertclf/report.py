@@ -10,23 +10,35 @@ from bertclf.runinfo import write_json_atomic
 
 
 def write_report(report: dict, directory: Path) -> list[Path]:
+    """metrics.json, errors.csv, and confusion_matrix.csv/.png (single-label) or per_label.csv (multi-label)."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"Cannot create --output {directory}: {exc.strerror or exc}.") from None
-    written = [directory / "metrics.json", directory / "confusion_matrix.csv", directory / "errors.csv",
-               directory / "confusion_matrix.png"]
+    written = [directory / "metrics.json", directory / "errors.csv"]
     write_json_atomic(written[0], {k: v for k, v in report.items() if k != "errors"})
-    matrix = report["metrics"]["confusion_matrix"]
+    fields = ["row", "text", *(["text_pair"] if report["errors"] and "text_pair" in report["errors"][0] else []),
+              "gold", "predicted", "confidence"]
     with written[1].open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(report["errors"])
+    metrics = report["metrics"]
+    if "confusion_matrix" not in metrics:  # multi-label: one row of counts and scores per label
+        written.append(directory / "per_label.csv")
+        rows = [{"label": label, **values} for label, values in metrics["per_class"].items()]
+        with written[-1].open("w", encoding="utf-8", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        return written
+    matrix = metrics["confusion_matrix"]
+    written += [directory / "confusion_matrix.csv", directory / "confusion_matrix.png"]
+    with written[2].open("w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["gold \\ predicted", *matrix["labels"]])
         for label, row in zip(matrix["labels"], matrix["matrix"], strict=True):
             writer.writerow([label, *row])
-    with written[2].open("w", encoding="utf-8", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["row", "text", "gold", "predicted", "confidence"])
-        writer.writeheader()
-        writer.writerows(report["errors"])
     _plot_confusion(matrix["labels"], matrix["matrix"], written[3])
     return written
 

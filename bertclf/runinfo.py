@@ -60,7 +60,8 @@ def model_card(manifest: dict[str, Any], metrics: dict[str, Any]) -> str:
         "tags: [bertclf, text-classification]",
         "---",
         "",
-        f"# Text classifier ({len(labels)} labels)",
+        f"# {'Multi-label text' if manifest.get('task') == 'multi_label' else 'Text'} classifier "
+        f"({len(labels)} labels)",
         "",
         f"Fine-tuned with bertclf {manifest['bertclf_version']} from `{manifest['model']['name']}` "
         f"({manifest['model']['source']}).",
@@ -74,8 +75,16 @@ def model_card(manifest: dict[str, Any], metrics: dict[str, Any]) -> str:
         f"- train: `{data['train']['path']}` ({manifest['train_rows']} rows used, "
         f"encoding {data['train']['encoding']})",
         f"- validation: {manifest['validation_source']} ({manifest['validation_rows']} rows)",
-        f"- text column `{manifest['text_column']}`, label column `{manifest['label_column']}`",
-        f"- max length {manifest['max_length']} tokens, truncation `{manifest['truncation']}`",
+        f"- text column `{manifest['text_column']}`"
+        + (f", second text column `{manifest['text_pair_column']}` (sentence pairs)"
+           if manifest.get("text_pair_column") else "")
+        + f", label column `{manifest['label_column']}`",
+        f"- max length {manifest['max_length']} tokens, "
+        + (f"long texts split into windows sharing {manifest['stride']} tokens, probabilities averaged"
+           if manifest.get("long_text") == "chunks" else f"truncation `{manifest['truncation']}`"),
+        *(["- decision thresholds per label (tuned on validation): "
+           + ", ".join(f"`{k}` {v:.3f}" for k, v in manifest["thresholds"].items())] if manifest.get("thresholds")
+          else []),
         "",
         f"## Validation metrics (best step {manifest.get('best_step')})",
         "",
@@ -95,7 +104,8 @@ def model_card(manifest: dict[str, Any], metrics: dict[str, Any]) -> str:
         'classifier = pipeline("text-classification", model="THIS_DIR")',
         "```",
         "",
-        "Note: bertclf applies the truncation strategy above; `pipeline` always keeps the head of the text.",
+        "Note: bertclf applies the truncation strategy, windows and thresholds above; `pipeline` keeps the head "
+        "of a text and, for multi-label runs, uses 0.5 for every label.",
         "",
     ]
     return "\n".join(lines)

@@ -49,16 +49,21 @@ class InputRecords:
     """Rows of an input as string dicts, with the text column chosen and the id of each row."""
 
     def __init__(self, source: str, fmt: str, handle: IO[str], text_column: str | None, name: str,
-                 preferred_column: str | None = None):
+                 preferred_column: str | None = None, pair_column: str | None = None):
         self.source, self.format, self.handle, self.name = source, fmt, handle, name
         self._requested_text_column = text_column
         self._preferred_column = preferred_column  # the column the model was trained on
+        self.pair_column = pair_column  # second texts, for a model trained on pairs
         self.columns: list[str] = []
         self.text_column = "text"
         self._rows = self._open_rows()
 
     def _open_rows(self) -> Iterator[dict[str, str]]:
         if self.format == "txt":
+            if self.pair_column:
+                raise UsageError(f"{self.name}: this model classifies text pairs, and plain text lines hold one "
+                                 "text each.", hint=f"Give a CSV, TSV or JSONL input with a {self.pair_column!r} "
+                                 "column (or --text with --text-pair).")
             self.columns = ["text"]
             return ({"text": line.rstrip("\r\n")} for line in self.handle)
         if self.format in ("csv", "tsv"):
@@ -78,6 +83,8 @@ class InputRecords:
     def _pick_text_column(self) -> None:
         self.text_column = choose_column(self.columns, self._requested_text_column, TEXT_COLUMN_CANDIDATES,
                                          "--text-column", self.name, preferred=self._preferred_column)
+        if self.pair_column:
+            choose_column(self.columns, self.pair_column, (), "--text-pair-column", self.name)
 
     def _checked_csv_rows(self, reader: csv.DictReader) -> Iterator[dict[str, str]]:
         for number, row in enumerate(reader, start=1):
@@ -109,6 +116,8 @@ class InputRecords:
                 self._pick_text_column()
                 first = False
             row.setdefault(self.text_column, "")
+            if self.pair_column:
+                row.setdefault(self.pair_column, "")
             yield row
 
     def __iter__(self) -> Iterator[dict[str, str]]:
@@ -116,12 +125,12 @@ class InputRecords:
 
 
 def open_input(source: str, *, fmt: str | None, text_column: str | None, encoding: str | None,
-               preferred_column: str | None = None) -> InputRecords:
+               preferred_column: str | None = None, pair_column: str | None = None) -> InputRecords:
     """`-` is stdin (plain text lines unless --input-format says otherwise)."""
     if source == "-":
         fmt = fmt or "txt"
         handle = io.TextIOWrapper(sys.stdin.buffer, encoding=encoding or "utf-8-sig", errors="strict", newline="")
-        return InputRecords(source, fmt, handle, text_column, "<stdin>", preferred_column)
+        return InputRecords(source, fmt, handle, text_column, "<stdin>", preferred_column, pair_column)
     path = Path(source)
     if not path.is_file():
         raise InputMissingError(f"{path}: no such file." if not path.exists() else f"{path}: not a file.")
@@ -131,7 +140,7 @@ def open_input(source: str, *, fmt: str | None, text_column: str | None, encodin
             raise UsageError(f"{path}: cannot tell the input format from the extension {path.suffix!r}.",
                              hint="Pass --input-format txt, csv, tsv, jsonl or json.")
     handle = path.open("r", encoding=sniff_encoding(path, encoding), errors="strict", newline="")
-    return InputRecords(source, fmt, handle, text_column, str(path), preferred_column)
+    return InputRecords(source, fmt, handle, text_column, str(path), preferred_column, pair_column)
 
 
 def output_format(output: Path | None, requested: str | None) -> str:

@@ -17,18 +17,14 @@ from typing import Any
 from bertclf import checkpoint, console
 from bertclf.config import TrainConfig
 from bertclf.data import (
-    EncodedDataset,
     LabelledData,
-    LengthGroupedSampler,
     check_label_set,
-    class_weights,
     data_warnings,
-    encode_texts_cached,
-    padding_collator,
     read_labelled,
     stratified_split,
     unknown_labels,
 )
+from bertclf.encoding import EncodedDataset, EncodingSpec, LengthGroupedSampler, encode_cached, padding_collator
 from bertclf.errors import (
     EXIT_SIGINT,
     EXIT_SIGTERM,
@@ -38,6 +34,7 @@ from bertclf.errors import (
     OutputError,
     UsageError,
 )
+from bertclf.labels import LabelSpace, rarest_label_keys, tune_thresholds
 from bertclf.metrics import scalar_metrics
 from bertclf.runinfo import MANIFEST, base_manifest, model_card, write_json_atomic
 
@@ -148,17 +145,21 @@ def _check_tracker(report_to: str) -> str | None:
 def _load_splits(config: TrainConfig) -> tuple[LabelledData, list[int], LabelledData | None, list[int], list[str]]:
     """Read and validate all data before any model loads. Returns the train data with the row indices used
     for training, the validation data (None when split from train) with its indices, and the label list."""
+    label_options = {"multi_label": config.multi_label, "label_separator": config.label_separator}
     train_data = read_labelled(config.train_file, text_column=config.text_column,
-                               label_column=config.label_column, encoding=config.encoding,
-                               fmt=config.data_format, drop_empty=config.drop_empty)
+                               label_column=config.label_column, text_pair_column=config.text_pair_column,
+                               encoding=config.encoding, fmt=config.data_format, drop_empty=config.drop_empty,
+                               **label_options)
     labels = check_label_set(train_data)
     if config.validation_file is None:
-        train_idx, val_idx = stratified_split(train_data.labels, config.validation_split, config.seed)
+        keys = rarest_label_keys(train_data.labels) if config.multi_label else train_data.labels
+        train_idx, val_idx = stratified_split(keys, config.validation_split, config.seed)
         return train_data, train_idx, None, val_idx, labels
     val_data = read_labelled(config.validation_file, text_column=config.text_column or train_data.text_column,
                              label_column=config.label_column or train_data.label_column,
-                             encoding=config.encoding, drop_empty=config.drop_empty)
-    unseen = unknown_labels(val_data.labels, labels)
+                             text_pair_column=config.text_pair_column, encoding=config.encoding,
+                             drop_empty=config.drop_empty, **label_options)
+    unseen = unknown_labels(val_data, labels)
     if unseen:
         listed = ", ".join(f"{label!r} ({count})" for label, count in unseen.most_common())
         raise DataError(f"{config.validation_file}: labels not present in the training data: {listed}.",
@@ -214,7 +215,7 @@ def train(config: TrainConfig) -> TrainResult:
     from accelerate.utils import DataLoaderConfiguration, set_seed
     from transformers import get_linear_schedule_with_warmup
 
-    from bertclf.evaluation import predict_logits, score_logits
+    from bertclf.evaluation import predict_probs, score
     from bertclf.model import auto_learning_rate, load_for_training, resolve_model, usable_max_length
 
     tracker = _check_tracker(config.report_to)
@@ -237,11 +238,12 @@ def train(config: TrainConfig) -> TrainResult:
     accelerator.wait_for_everyone()
     set_seed(config.seed)
 
-    train_texts = [train_data.texts[i] for i in train_idx]
-    train_label_ids = [labels.index(train_data.labels[i]) for i in train_idx]
+    space = LabelSpace(tuple(labels), multi_label=config.multi_label)
+    train_texts, train_pairs = [train_data.texts[i] for i in train_idx], train_data.pairs_at(train_idx)
+    train_targets = space.targets([train_data.labels[i] for i in train_idx])
     val_source = val_data if val_data is not None else train_data
-    val_texts = [val_source.texts[i] for i in val_idx]
-    val_label_ids = [labels.index(val_source.labels[i]) for i in val_idx]
+    val_texts, val_pairs = [val_source.texts[i] for i in val_idx], val_source.pairs_at(val_idx)
+    val_targets = space.targets([val_source.labels[i] for i in val_idx])
 
     warnings = data_warnings(config.train_file, train_texts, [train_data.labels[i] for i in train_idx], val_texts)
     if is_main:
@@ -253,16 +255,18 @@ def train(config: TrainConfig) -> TrainResult:
         console.info(f"Model [bold]{resolved.name}[/bold] ({resolved.source}"
                      f"{', ' + str(resolved.path) if resolved.path else ''})")
     with accelerator.main_process_first():
-        tokenizer, model = load_for_training(resolved, labels, train_texts, config.max_length,
-                                             output / ".scratch-vocab")
+        tokenizer, model = load_for_training(resolved, labels, train_texts + (train_pairs or []), config.max_length,
+                                             output / ".scratch-vocab", multi_label=config.multi_label)
     max_length = usable_max_length(model, config.max_length)
+    spec = EncodingSpec(max_length=max_length, truncation=config.truncation, long_text=config.long_text,
+                        stride=min(config.resolved_stride, max_length // 2))
     with accelerator.main_process_first():  # one process tokenizes, the others reuse its cache
         cache = output / ".cache"
-        train_encoded = encode_texts_cached(tokenizer, train_texts, max_length, config.truncation, cache)
-        val_encoded = encode_texts_cached(tokenizer, val_texts, max_length, config.truncation, cache)
+        train_encoded = encode_cached(tokenizer, train_texts, spec, cache, train_pairs)
+        val_encoded = encode_cached(tokenizer, val_texts, spec, cache, val_pairs)
     lr = config.lr if config.lr is not None else auto_learning_rate(model, resolved.source)
-    loss_weights = (class_weights(config.class_weights, labels, [labels[i] for i in train_label_ids])
-                    if config.class_weights else None)
+    loss_weights = space.loss_weights(config.class_weights, train_targets) if config.class_weights else None
+    compute_loss = _loss_function(space, loss_weights)
     if config.gradient_checkpointing:
         # transformers 5 renamed gradient_checkpointing_enable (deprecated) to activation_checkpointing_enable.
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
@@ -271,7 +275,9 @@ def train(config: TrainConfig) -> TrainResult:
     # Length-grouped batches: texts of similar length share a batch, so padding stays small.
     global_batch = config.batch_size * accelerator.num_processes
     sampler = LengthGroupedSampler(train_encoded.lengths, global_batch, config.seed)
-    train_loader = torch.utils.data.DataLoader(EncodedDataset(train_encoded, train_label_ids),
+    # With --long-text chunks every window of a text is a training example with the text's label(s).
+    train_dataset = EncodedDataset(train_encoded, train_encoded.per_sequence(train_targets.tolist()))
+    train_loader = torch.utils.data.DataLoader(train_dataset,
                                                batch_size=global_batch, sampler=sampler,
                                                collate_fn=padding_collator(tokenizer))
     optimizer = _build_optimizer(model, config, lr)
@@ -287,10 +293,12 @@ def train(config: TrainConfig) -> TrainResult:
     manifest.update({
         "config": config.to_dict(),
         "labels": labels,
+        "task": "multi_label" if config.multi_label else "single_label",
         "text_column": train_data.text_column,
+        "text_pair_column": train_data.pair_column,
         "label_column": train_data.label_column,
-        "max_length": max_length,
-        "truncation": config.truncation,
+        "label_separator": config.label_separator if config.multi_label else None,
+        **spec.to_dict(),
         "model": resolved.describe(),
         "learning_rate": lr,
         "learning_rate_source": "auto" if config.lr is None else "--lr",
@@ -306,6 +314,7 @@ def train(config: TrainConfig) -> TrainResult:
         "train_rows": len(train_texts),
         "validation_rows": len(val_texts),
         "truncated": {"train": train_encoded.truncated, "validation": val_encoded.truncated},
+        "sequences": {"train": len(train_encoded), "validation": len(val_encoded)},
         "data_warnings": warnings,
         "class_weights": dict(zip(labels, loss_weights, strict=True)) if loss_weights else None,
         "steps": {"total": total_steps, "per_epoch": steps_per_epoch},
@@ -321,11 +330,16 @@ def train(config: TrainConfig) -> TrainResult:
             f"{' x ' + str(accelerator.num_processes) + ' processes' if accelerator.num_processes > 1 else ''}; "
             f"lr {lr:g} ({manifest['learning_rate_source']}); device {accelerator.device}, "
             f"precision {mixed_precision}")
-        for split, count, total in (("train", train_encoded.truncated, len(train_texts)),
-                                    ("validation", val_encoded.truncated, len(val_texts))):
-            if count:
-                console.info(f"{count} of {total} {split} texts ({count / total:.1%}) exceed {max_length} tokens "
-                             f"and are truncated ({config.truncation}).")
+        for split, encoded in (("train", train_encoded), ("validation", val_encoded)):
+            if not encoded.truncated:
+                continue
+            share = (f"{encoded.truncated} of {encoded.n_texts} {split} texts "
+                     f"({encoded.truncated / encoded.n_texts:.1%})")
+            if config.long_text == "chunks":
+                console.info(f"{share} exceed {max_length} tokens and are split into overlapping windows: "
+                             f"{len(encoded)} sequences in all.")
+            else:
+                console.info(f"{share} exceed {max_length} tokens and are truncated ({config.truncation}).")
 
     loop = LoopState()
     pending_rng = None  # RNG states of a resumed checkpoint, restored once its epoch has started
@@ -360,18 +374,18 @@ def train(config: TrainConfig) -> TrainResult:
     stop_hook = int(os.environ.get("BERTCLF_STOP_AFTER_STEP", "0"))  # tests: act as if SIGTERM came then
     signals = _StopSignals(is_main)
 
-    def evaluate_and_keep_best() -> None:
-        nonlocal best_metrics
-        logits = predict_logits(accelerator.unwrap_model(model), tokenizer, val_encoded, config.batch_size * 2,
-                                accelerator=accelerator)
-        import numpy as np
+    best_val_probs = None  # multi-label: the best model's validation probabilities, to tune thresholds on
 
-        metrics = score_logits(logits, np.asarray(val_label_ids), labels)
+    def evaluate_and_keep_best() -> None:
+        nonlocal best_metrics, best_val_probs
+        probs = predict_probs(accelerator.unwrap_model(model), tokenizer, val_encoded, space, config.batch_size * 2,
+                              accelerator=accelerator)
+        metrics = score(probs, val_targets, space)
         value = metrics[config.metric]
         improved = loop.best_value is None or (
             value > loop.best_value if config.greater_is_better else value < loop.best_value)
         if improved:
-            loop.best_value, loop.best_step, best_metrics = value, loop.step, metrics
+            loop.best_value, loop.best_step, best_metrics, best_val_probs = value, loop.step, metrics, probs
             loop.evals_without_improvement = 0
             state_dict = accelerator.get_state_dict(model)
             if is_main:  # the run directory always holds the best model so far
@@ -385,8 +399,9 @@ def train(config: TrainConfig) -> TrainResult:
         log.write({"type": "eval", "step": loop.step, "epoch": round(loop.step / steps_per_epoch, 4),
                    **{f"val_{k}": v for k, v in scalar_metrics(metrics).items()}, "best": improved})
         if is_main:
+            accuracy = "subset_accuracy" if config.multi_label else "accuracy"
             console.info(f"step {loop.step}/{total_steps} (epoch {loop.step / steps_per_epoch:.2f}): validation "
-                         f"{config.metric} {value:.4f}, accuracy {metrics['accuracy']:.4f}, "
+                         f"{config.metric} {value:.4f}, {accuracy.replace('_', ' ')} {metrics[accuracy]:.4f}, "
                          f"loss {metrics['loss']:.4f}{'  [green]best[/green]' if improved else ''}"
                          f"{'  early stop' if loop.stopped_early else ''}")
 
@@ -421,13 +436,8 @@ def train(config: TrainConfig) -> TrainResult:
                         checkpoint.restore_rng(pending_rng)
                         pending_rng = None
                     with accelerator.accumulate(model):
-                        if loss_weights is None:
-                            loss = model(**batch).loss
-                        else:  # weighted cross-entropy: rare classes count more (--class-weights)
-                            targets = batch.pop("labels")
-                            logits = model(**batch).logits
-                            loss = torch.nn.functional.cross_entropy(
-                                logits.float(), targets, weight=torch.tensor(loss_weights, device=logits.device))
+                        targets = batch.pop("labels")
+                        loss = compute_loss(model(**batch).logits, targets)
                         accelerator.backward(loss)
                         if accelerator.sync_gradients:
                             accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
@@ -489,6 +499,24 @@ def train(config: TrainConfig) -> TrainResult:
         log.close()
 
     accelerator.wait_for_everyone()
+    if config.multi_label:
+        if best_val_probs is None:  # resumed after the best evaluation: score the saved best model again
+            from bertclf.model import load_run_model
+
+            best_model = load_run_model(output).to(accelerator.device)
+            best_val_probs = predict_probs(best_model, tokenizer, val_encoded, space,
+                                           config.batch_size * 2, accelerator=accelerator)
+        # One threshold per label, the one maximising that label's F1 on validation; predict uses them.
+        thresholds = tune_thresholds(best_val_probs, val_targets)
+        manifest["thresholds"] = dict(zip(labels, thresholds, strict=True))
+        tuned = score(best_val_probs, val_targets, space, thresholds)
+        best_metrics["with_tuned_thresholds"] = scalar_metrics(tuned)
+        best_metrics["per_class"] = tuned["per_class"]
+        if is_main:
+            write_json_atomic(output / "metrics.json", {"split": "validation", "step": loop.best_step,
+                                                        **best_metrics})
+            console.info(f"Tuned per-label thresholds on validation: micro-F1 {best_metrics['micro_f1']:.4f} at 0.5, "
+                         f"{tuned['micro_f1']:.4f} tuned (optimistic: measured on the data they were tuned on).")
     manifest.update({
         "completed": True,
         "best_step": loop.best_step,
@@ -517,6 +545,23 @@ def train(config: TrainConfig) -> TrainResult:
         manifest=manifest,
         is_main_process=is_main,
     )
+
+
+def _loss_function(space: LabelSpace, weights: list[float] | None):
+    """Loss of a batch's logits: cross-entropy (class weights from --class-weights), or for multi-label one
+    binary cross-entropy per label (positive weights from --class-weights). Computed in float32."""
+    import torch
+    import torch.nn.functional as F
+
+    weight_tensor = torch.tensor(weights, dtype=torch.float32) if weights else None
+
+    def loss(logits, targets):
+        weight = weight_tensor.to(logits.device) if weight_tensor is not None else None
+        if space.multi_label:
+            return F.binary_cross_entropy_with_logits(logits.float(), targets.float(), pos_weight=weight)
+        return F.cross_entropy(logits.float(), targets, weight=weight)
+
+    return loss
 
 
 @dataclass

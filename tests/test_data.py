@@ -5,14 +5,9 @@ import json
 import pytest
 from conftest import read_shared, write_csv
 
-from bertclf.data import (
-    encode_texts,
-    read_labelled,
-    read_table,
-    sorted_labels,
-    stratified_split,
-)
+from bertclf.data import read_labelled, read_table, stratified_split
 from bertclf.errors import DataError, InputMissingError
+from bertclf.labels import sorted_labels
 
 
 def test_na_like_texts_and_zero_padded_labels_stay_strings(tmp_path):
@@ -103,24 +98,6 @@ def test_stratified_split_is_seeded_and_keeps_every_class():
     train, val = first
     assert len(val) == 10 and set(train).isdisjoint(val)
     assert {labels[i] for i in val} == {"a", "b", "c"}
-
-
-def test_truncation_strategies_keep_the_right_tokens(tiny_model_dir):
-    from transformers import BertTokenizer
-
-    tokenizer = BertTokenizer.from_pretrained(str(tiny_model_dir))
-    words = [w for w in tokenizer.get_vocab() if w.isalpha() and len(w) > 3][:20]
-    text = " ".join(words)
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    assert len(ids) == 20
-    head = encode_texts(tokenizer, [text], 10, "head")
-    tail = encode_texts(tokenizer, [text], 10, "tail")
-    both = encode_texts(tokenizer, [text], 10, "head+tail")
-    assert head.truncated == tail.truncated == both.truncated == 1
-    assert head.input_ids[0][1:-1] == ids[:8]
-    assert tail.input_ids[0][1:-1] == ids[-8:]
-    assert both.input_ids[0][1:-1] == ids[:2] + ids[-6:]
-    assert head.input_ids[0][0] == tokenizer.cls_token_id and head.input_ids[0][-1] == tokenizer.sep_token_id
 
 
 def test_a_rewritten_file_is_read_anew_even_with_the_same_size_and_mtime(tmp_path):
