@@ -296,15 +296,26 @@ class Bench:
         n = doc["texts"]
         dim, peak = self.dims(ds), self.peak()
         rates = {name: [n / t for t in seconds] for name, seconds in doc["seconds"].items()}
-        stat_keys = {"bertclf": "predict_bertclf", "pipeline_bs1": "pipeline_bs1", "pipeline_bs32": "pipeline_bs32"}
-        labels = {"bertclf": "bertclf Predictor.predict_proba", "pipeline_bs1": "pipeline batch_size=1",
-                  "pipeline_bs32": "pipeline batch_size=32"}
+        stat_keys = {"bertclf": "predict_bertclf", "bertclf_int8": "predict_bertclf", "pipeline_bs1": "pipeline_bs1",
+                     "pipeline_bs32": "pipeline_bs32"}
+        labels = {"bertclf": "bertclf Predictor.predict_proba", "bertclf_int8": "bertclf --quantize int8",
+                  "pipeline_bs1": "pipeline batch_size=1", "pipeline_bs32": "pipeline batch_size=32"}
         figures = {}
         for name, values in rates.items():
             rate = summary(values)
             util = mfu(self.stats(ds, stat_keys[name]), dim, n / rate["median"], peak, training=False)
-            ratio = paired_ratio(rates["bertclf"], values) if name != "bertclf" else None
             agree = doc["agreement_with_bertclf"].get(name)
+            if name == "bertclf_int8":  # int8 against bertclf's own fp32: the speed-up and what it costs
+                ratio = paired_ratio(values, rates["bertclf"])
+                change = doc["accuracy"][name] - doc["accuracy"]["bertclf"]
+                figures[name] = {"texts_per_second": rate, "ratio_over_fp32": ratio, "mfu": util,
+                                 "accuracy": doc["accuracy"][name], "accuracy_change_points": 100 * change,
+                                 "agreement_with_bertclf": agree}
+                note = f"vs fp32: {ratio:.2f}x, accuracy {100 * change:+.1f} points"
+                self.rows.append(Row("predict", ds, labels[name], rate["median"], "texts/s", rate["min"],
+                                     rate["max"], "", doc["accuracy"][name], util, note))
+                continue
+            ratio = paired_ratio(rates["bertclf"], values) if name != "bertclf" else None
             figures[name] = {"texts_per_second": rate, "ratio_bertclf_over_this": ratio, "mfu": util,
                              "accuracy": doc["accuracy"][name], "agreement_with_bertclf": agree}
             note = "" if agree is None else f"same label {agree:.1%}" + ("" if agree >= 0.99 else " (< 99%!)")

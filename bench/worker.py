@@ -276,7 +276,8 @@ def cmd_hf_eval(args) -> None:
 
 # ------------------------------------------------------------------------------------------------- predict
 def cmd_predict(args) -> None:
-    """Predictor.predict_proba vs pipeline(batch_size=1) vs pipeline(batch_size=32), interleaved, load excluded."""
+    """Predictor.predict_proba (fp32 and --quantize int8) vs pipeline(batch_size=1) vs pipeline(batch_size=32),
+    interleaved, load excluded."""
     import numpy as np
     import torch
     from transformers import pipeline
@@ -288,6 +289,7 @@ def cmd_predict(args) -> None:
     tick = time.perf_counter()
     predictor = Predictor.from_dir(args.run_dir, cpu=True)
     load_predictor = time.perf_counter() - tick
+    int8 = Predictor.from_dir(args.run_dir, cpu=True, quantize="int8")
     tick = time.perf_counter()
     pipe = pipeline("text-classification", model=args.run_dir, device="cpu")
     load_pipeline = time.perf_counter() - tick
@@ -295,15 +297,16 @@ def cmd_predict(args) -> None:
     # texts longer than 512 tokens.
     call = {"truncation": True, "max_length": predictor.max_length}
 
-    def ours():
-        probs = predictor.predict_proba(texts)
-        return [predictor.labels[i] for i in probs.argmax(axis=1)]
+    def ours(which=predictor):
+        probs = which.predict_proba(texts)
+        return [which.labels[i] for i in probs.argmax(axis=1)]
 
-    variants = {"bertclf": ours,
+    variants = {"bertclf": ours, "bertclf_int8": lambda: ours(int8),
                 "pipeline_bs1": lambda: [r["label"] for r in pipe(texts, batch_size=1, **call)],
                 "pipeline_bs32": lambda: [r["label"] for r in pipe(texts, batch_size=32, **call)]}
     # Warm-up (oneDNN primitive caches, allocator), then discard.
     predictor.predict_proba(texts[:64])
+    int8.predict_proba(texts[:64])
     pipe(texts[:32], batch_size=32, **call)
     pipe(texts[:8], batch_size=1, **call)
     seconds: dict[str, list[float]] = {name: [] for name in variants}
