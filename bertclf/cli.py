@@ -474,6 +474,10 @@ def inspect(
                             "category.")] = None,
     encoding: Annotated[str | None, typer.Option(help="File encoding. Default: UTF-8, then GB18030.")] = None,
     data_format: Annotated[str | None, typer.Option("--format", help="Default: from the file extension.")] = None,
+    multi_label: Annotated[bool, typer.Option(help="Cells hold several labels: count each label, and labels per "
+                           "row.")] = False,
+    label_separator: Annotated[str, typer.Option(help="Separator between the labels of a --multi-label cell.")]
+    = ",",
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
 ) -> None:
     """Describe a data file: rows, encoding, label distribution, text lengths, duplicates, conflicts, overlap.
@@ -488,7 +492,8 @@ def inspect(
         from bertclf.inspection import inspect_file
 
         report = inspect_file(data, text_column=text_column, label_column=label_column, encoding=encoding,
-                              fmt=data_format, model=model, max_length=max_length, against=against)
+                              fmt=data_format, model=model, max_length=max_length, against=against,
+                              multi_label=multi_label, label_separator=label_separator)
     if json_output:
         console.print_json(report)
         return
@@ -511,6 +516,8 @@ def _render_inspection(report: dict) -> None:
         bar = "█" * max(1, round(30 * count / top))
         labels.add_row(label, str(count), f"{count / report['rows_with_text']:.1%}", bar)
     out.print(labels)
+    if "labels_per_row" in report:
+        out.print("Labels per row: " + ", ".join(f"{n}: {rows} rows" for n, rows in report["labels_per_row"].items()))
     lengths = Table(title="Text length", header_style="bold")
     lengths.add_column("unit")
     for key in report["char_length"]:

@@ -19,15 +19,18 @@ def _normalize(text: str) -> str:
 
 def inspect_file(path: Path, *, text_column: str | None = None, label_column: str | None = None,
                  encoding: str | None = None, fmt: str | None = None, model: str | None = None,
-                 max_length: int = 128, against: Path | None = None) -> dict:
-    """A report on a labelled file: size, encoding, labels, lengths, duplicates, conflicts, overlap."""
+                 max_length: int = 128, against: Path | None = None, multi_label: bool = False,
+                 label_separator: str = ",") -> dict:
+    """A report on a labelled file: size, encoding, labels, lengths, duplicates, conflicts, overlap. With
+    multi_label, label counts are per label (a row counts once for each label it holds)."""
+    label_options = {"multi_label": multi_label, "label_separator": label_separator}
     data = read_labelled(path, text_column=text_column, label_column=label_column, encoding=encoding, fmt=fmt,
-                         drop_empty=True)
-    counts = Counter(data.labels)
+                         drop_empty=True, **label_options)
+    counts = Counter(data.label_names())
     normalized = [_normalize(t) for t in data.texts]
     by_text: dict[str, set[str]] = {}
     for text, label in zip(normalized, data.labels, strict=True):
-        by_text.setdefault(text, set()).add(label)
+        by_text.setdefault(text, set()).add(label if isinstance(label, str) else ",".join(sorted(label)))
     report: dict = {
         "path": str(path),
         "format": data.table.format,
@@ -42,6 +45,8 @@ def inspect_file(path: Path, *, text_column: str | None = None, label_column: st
         "conflicting_texts": sum(len(labels) > 1 for labels in by_text.values()),
         "char_length": _percentiles([len(t) for t in data.texts]),
     }
+    if multi_label:
+        report["labels_per_row"] = dict(sorted(Counter(len(names) for names in data.labels).items()))
     if model:
         tokenizer, source = _tokenizer_for(model, data.texts, max_length)
         # Lengths with no cut (a huge max_length), then the share a cut at max_length would truncate.
@@ -52,9 +57,9 @@ def inspect_file(path: Path, *, text_column: str | None = None, label_column: st
                             "truncated_share": float((lengths > max_length).mean())}
     if against is not None:
         other = read_labelled(against, text_column=text_column, label_column=label_column, encoding=encoding,
-                              drop_empty=True)
+                              drop_empty=True, **label_options)
         overlap = sum(_normalize(t) in by_text for t in other.texts)
-        unseen = Counter(label for label in other.labels if label not in counts)
+        unseen = Counter(label for label in other.label_names() if label not in counts)
         report["against"] = {"path": str(against), "rows": len(other.texts), "overlapping_texts": overlap,
                              "overlap_share": overlap / len(other.texts), "labels_not_in_this_file": dict(unseen)}
     return report

@@ -40,3 +40,15 @@ def test_inspect_table_output(cli):
 
     code, stdout, _ = cli("inspect", EXAMPLES / "en_topics.csv")
     assert code == 0 and "4 labels" in stdout and "Duplicate texts: 0" in stdout
+
+
+def test_inspect_counts_each_label_of_a_multi_label_file(cli):
+    from conftest import EXAMPLES
+
+    code, stdout, stderr = cli("inspect", EXAMPLES / "en_topics_multilabel.csv", "--multi-label", "--json")
+    assert code == 0, stderr
+    report = json.loads(stdout)
+    assert set(report["labels"]) == {"cooking", "sports", "technology", "weather"}
+    per_row = {int(n): rows for n, rows in report["labels_per_row"].items()}
+    assert sum(per_row.values()) == 240 and set(per_row) == {1, 2}
+    assert sum(report["labels"].values()) == per_row[1] + 2 * per_row[2]
