@@ -499,27 +499,26 @@ def train(config: TrainConfig) -> TrainResult:
         log.close()
 
     accelerator.wait_for_everyone()
-    if config.multi_label:
+    if config.multi_label and is_main:
         # One threshold per label, the one maximising that label's F1 on validation; eval and predict use
         # them. The probabilities come from the saved best model run as eval and predict run it (full
         # precision, no autocast), so the thresholds fit the scores they will be applied to, and a resumed
-        # run tunes the same ones.
+        # run tunes the same ones. Only the main process, which wrote the model, does this.
         from bertclf.model import load_run_model
 
         best_model = load_run_model(output).to(accelerator.device)
         best_val_probs = predict_probs(best_model, tokenizer, val_encoded, space, config.batch_size * 2,
-                                       accelerator=accelerator)
+                                       device=accelerator.device)
         del best_model
         thresholds = tune_thresholds(best_val_probs, val_targets)
         manifest["thresholds"] = dict(zip(labels, thresholds, strict=True))
         best_metrics = score(best_val_probs, val_targets, space, thresholds)
         best_metrics["at_threshold_0.5"] = scalar_metrics(score(best_val_probs, val_targets, space))
-        if is_main:
-            write_json_atomic(output / "metrics.json", {"split": "validation", "step": loop.best_step,
-                                                        **best_metrics})
-            console.info(f"Per-label thresholds tuned on validation: micro-F1 {best_metrics['micro_f1']:.4f} "
-                         f"(at 0.5 for every label: {best_metrics['at_threshold_0.5']['micro_f1']:.4f}). "
-                         "Validation scores at tuned thresholds are optimistic; eval a test file for real ones.")
+        write_json_atomic(output / "metrics.json", {"split": "validation", "step": loop.best_step, **best_metrics})
+        console.info(f"Per-label thresholds tuned on validation: micro-F1 {best_metrics['micro_f1']:.4f} "
+                     f"(at 0.5 for every label: {best_metrics['at_threshold_0.5']['micro_f1']:.4f}). "
+                     "Validation scores at tuned thresholds are optimistic; eval a test file for real ones.")
+    accelerator.wait_for_everyone()
     manifest.update({
         "completed": True,
         "best_step": loop.best_step,

@@ -83,3 +83,21 @@ def test_bad_data_fails_every_rank_fast(tmp_path):
     assert time.monotonic() - started < 120
     assert result.returncode != 0
     assert result.stderr.count("Columns found: sentence_x, label") == 2  # both ranks said why
+
+
+def test_two_processes_train_a_multi_label_run_and_tune_thresholds_once(no_dropout_model, tmp_path, cli):
+    validation = EXAMPLES / "en_topics_test_multilabel.csv"
+    out = tmp_path / "multi"
+    result = _torchrun("-m", "bertclf", "train", EXAMPLES / "en_topics_multilabel.csv", "--multi-label", "-m",
+                       no_dropout_model, "-o", out, "--max-steps", "6", "--batch-size", "8", "--lr", "2e-3", "--cpu",
+                       "--eval-every", "3", "--validation", validation)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("Per-label thresholds tuned") == 1  # the main process tunes and reports them
+    manifest = json.loads((out / "bertclf.json").read_text())
+    assert manifest["world_size"] == 2 and set(manifest["thresholds"]) == {"cooking", "sports", "technology",
+                                                                           "weather"}
+    code, stdout, stderr = cli("eval", out, validation, "--json", "--cpu")
+    assert code == 0, stderr
+    evaluated = json.loads(stdout)["metrics"]
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["micro_f1"] == pytest.approx(evaluated["micro_f1"]) and saved["per_class"] == evaluated["per_class"]
