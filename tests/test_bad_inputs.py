@@ -139,6 +139,18 @@ BAD = [
      EXIT_NO_INPUT, "no such file"),
     ("unseen-validation-label", _write("d.csv", lambda: _csv_text(ROWS[:10])), ["--validation", "VAL"], EXIT_DATA,
      "'neutral' (1)"),
+    ("multi-label-broken-json", _write("d.csv", lambda: _csv_text(ROWS[:4] + [(ROWS[4][0], '["positive", ')])),
+     ["--multi-label"], EXIT_DATA, "row 5, column 'label'"),
+    ("multi-label-one-label", _write("d.csv", lambda: _csv_text([(t, "positive") for t, _ in ROWS[:10]])),
+     ["--multi-label"], EXIT_DATA, "a single label ('positive')"),
+    ("multi-label-accuracy-metric", _write("d.csv", lambda: _csv_text(ROWS[:10])), ["--multi-label", "--metric",
+     "accuracy"], EXIT_USAGE, "--metric"),
+    ("missing-pair-column", _write("d.csv", lambda: _csv_text(ROWS[:10])), ["--text-pair-column", "reply"],
+     EXIT_DATA, "no column 'reply'. Columns found: text, label"),
+    ("stride-too-large", _write("d.csv", lambda: _csv_text(ROWS[:10])), ["--long-text", "chunks", "--max-length",
+     "64", "--stride", "40"], EXIT_USAGE, "--stride"),
+    ("unknown-long-text-mode", _write("d.csv", lambda: _csv_text(ROWS[:10])), ["--long-text", "windows"],
+     EXIT_USAGE, "--long-text"),
 ]
 
 
@@ -164,6 +176,12 @@ def test_bad_input_in_a_subprocess_has_no_traceback(tmp_path):
 
 
 VALID = [
+    ("jsonl-label-lists", _write("d.jsonl", lambda: "\n".join(
+        json.dumps({"text": t, "labels": [lab, "long"] if len(t) > 60 else [lab]}, ensure_ascii=False)
+        for t, lab in ROWS)), ["--multi-label"]),
+    ("pipe-separated-label-sets", _write("d.csv", lambda: _csv_text([(t, f"{lab}|long" if len(t) > 60 else lab)
+                                                                    for t, lab in ROWS])),
+     ["--multi-label", "--label-separator", "|"]),
     ("utf8-bom", _write("d.csv", lambda: _csv_text(ROWS), encoding="utf-8-sig"), []),
     ("gbk", _write("d.csv", lambda: _csv_text(ROWS), encoding="gbk"), []),
     ("gb18030", _write("d.csv", lambda: _csv_text(ROWS), encoding="gb18030"), []),
