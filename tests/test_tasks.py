@@ -77,6 +77,20 @@ def test_predict_applies_the_saved_thresholds_and_threshold_overrides_them(multi
     assert "prob_change" in table[0]
 
 
+def test_transformers_pipeline_reads_a_multi_label_run_as_sigmoid_scores(multilabel_run):
+    from transformers import pipeline
+
+    from bertclf.predict import Predictor
+
+    run, _ = multilabel_run
+    text = "move fast in a boat"
+    classifier = pipeline("text-classification", model=str(run), top_k=None)
+    scores = {r["label"]: r["score"] for r in classifier([text])[0]}
+    ours = Predictor.from_dir(run).predict([text])[0].probs
+    assert sum(scores.values()) != pytest.approx(1.0)  # independent sigmoids, not a softmax
+    assert scores == pytest.approx(ours, abs=1e-5)
+
+
 def test_multi_label_eval_reports_set_metrics_and_per_label_thresholds(multilabel_run, cli, tmp_path):
     run, dev = multilabel_run
     code, stdout, stderr = cli("eval", run, dev, "--json", "-o", tmp_path / "report")
