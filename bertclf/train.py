@@ -264,6 +264,8 @@ def train(config: TrainConfig) -> TrainResult:
         cache = output / ".cache"
         train_encoded = encode_cached(tokenizer, train_texts, spec, cache, train_pairs)
         val_encoded = encode_cached(tokenizer, val_texts, spec, cache, val_pairs)
+    if config.multi_label:
+        _start_at_label_priors(model, train_targets)
     lr = config.lr if config.lr is not None else auto_learning_rate(model, resolved.source)
     loss_weights = space.loss_weights(config.class_weights, train_targets) if config.class_weights else None
     compute_loss = _loss_function(space, loss_weights)
@@ -547,6 +549,20 @@ def train(config: TrainConfig) -> TrainResult:
         manifest=manifest,
         is_main_process=is_main,
     )
+
+
+def _start_at_label_priors(model, train_targets) -> None:
+    """Multi-label: set each label's output bias to the log-odds of its share of the training rows, so the
+    untrained model already predicts the base rates (the "prior" initialisation of Lin et al. 2017, Focal
+    Loss). From a zero bias every sigmoid starts at 0.5, and the first few hundred steps only push the
+    outputs down to the base rates: MiniLM on 2,000 en_wordnet_verbs label sets was still at the base-rate
+    loss (0.31) after 120 steps, against 0.25 when starting from the priors."""
+    import numpy as np
+    import torch
+
+    share = np.clip(train_targets.mean(axis=0), 1e-4, 1 - 1e-4)
+    with torch.no_grad():
+        model.classifier.bias.copy_(torch.as_tensor(np.log(share / (1 - share)), dtype=model.classifier.bias.dtype))
 
 
 def _loss_function(space: LabelSpace, weights: list[float] | None):
