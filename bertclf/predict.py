@@ -92,6 +92,9 @@ class Predictor:
         if self.text_pair_column is not None and pairs is None:
             raise UsageError(f"{self.run_dir} was trained on text pairs (column {self.text_pair_column!r}); "
                              "give the second text of each pair as well.")
+        if self.text_pair_column is None and pairs is not None:
+            raise UsageError(f"{self.run_dir} was trained on single texts, not pairs; leave out the second texts "
+                             "(--text-pair-column, --text-pair).")
         encoded = encode(self.tokenizer, list(texts), self.spec, None if pairs is None else list(pairs))
         return predict_probs(self.model, self.tokenizer, encoded, self.space, batch_size, device=self.device), encoded
 

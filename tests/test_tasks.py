@@ -109,9 +109,14 @@ def test_multi_label_eval_reports_set_metrics_and_per_label_thresholds(multilabe
     assert json.loads(stdout)["metrics"]["per_class"]["change"]["threshold"] == 0.5
 
 
-def test_threshold_is_refused_for_a_single_label_run(tiny_run, cli):
+def test_multi_label_and_pair_options_are_refused_for_a_plain_run(tiny_run, cli, tmp_path):
     code, _, stderr = cli("predict", tiny_run, "--text", "rain tomorrow", "--threshold", "0.3")
     assert code == EXIT_USAGE and "multi-label" in stderr
+    code, _, stderr = cli("predict", tiny_run, "--text", "rain tomorrow", "--text-pair", "sun")
+    assert code == EXIT_USAGE and "--text-pair" in stderr
+    data = write_csv(tmp_path / "p.csv", [("rain", "snow", "weather")], header=("text", "other", "label"))
+    code, _, stderr = cli("eval", tiny_run, data, "--text-pair-column", "other")
+    assert code == EXIT_USAGE and "single texts" in stderr
 
 
 @pytest.fixture(scope="module")
