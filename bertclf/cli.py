@@ -17,7 +17,15 @@ import typer
 
 from bertclf import __version__, console
 from bertclf.config import EvalConfig, TrainConfig, parse_gates, parse_learning_rate
-from bertclf.errors import EXIT_INTERNAL, EXIT_IO, EXIT_SIGINT, BertclfError, QualityGateError, UsageError
+from bertclf.errors import (
+    EXIT_INTERNAL,
+    EXIT_IO,
+    EXIT_SIGINT,
+    EXIT_SIGPIPE,
+    BertclfError,
+    QualityGateError,
+    UsageError,
+)
 
 app = typer.Typer(
     name="bertclf",
@@ -64,6 +72,11 @@ def user_errors():
         raise typer.Exit(EXIT_SIGINT) from None
     except (typer.Exit, typer.Abort, SystemExit):
         raise
+    except BrokenPipeError:
+        # `bertclf predict ... | head`: the reader has what it wanted. Stop quietly, as cat or grep would;
+        # point stdout at /dev/null so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(EXIT_SIGPIPE) from None
     except OSError as exc:
         if debug:
             raise

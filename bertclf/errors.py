@@ -13,6 +13,7 @@ EXIT_MODEL_UNAVAILABLE = 69  # EX_UNAVAILABLE
 EXIT_INTERNAL = 70  # EX_SOFTWARE
 EXIT_IO = 74  # EX_IOERR
 EXIT_SIGINT = 130
+EXIT_SIGPIPE = 141  # the reader of stdout went away (`bertclf predict ... | head`), as a shell reports it
 EXIT_SIGTERM = 143
 
 

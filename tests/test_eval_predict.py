@@ -179,3 +179,21 @@ def test_int8_quantized_prediction_agrees_with_fp32(tiny_run, cli):
     assert json.loads(stdout)["metrics"]["accuracy"] == pytest.approx(int8_accuracy)
     code, _, stderr = cli("predict", tiny_run, "--text", "hello", "--quantize", "int4")
     assert code == EXIT_USAGE and "--quantize" in stderr
+
+
+def test_predict_stops_quietly_when_the_reader_goes_away(tiny_run, tmp_path):
+    """`bertclf predict ... | head -1`: no error message, and the shell's SIGPIPE status (141), not 74."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    texts = tmp_path / "many.txt"
+    texts.write_text("rain and wind tonight\n" * 20000, encoding="utf-8")
+    process = subprocess.Popen([sys.executable, "-m", "bertclf", "predict", tiny_run, texts, "--cpu"], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout.readline().startswith(b'{"id": 1')
+    process.stdout.close()  # like head after its first line
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=300) == 141
+    assert "Error" not in stderr and "Traceback" not in stderr
