@@ -82,7 +82,9 @@ def test_bad_data_fails_every_rank_fast(tmp_path):
     result = _torchrun("-m", "bertclf", "train", bad, "-m", "scratch:tiny", "-o", tmp_path / "run", timeout=120)
     assert time.monotonic() - started < 120
     assert result.returncode != 0
-    assert result.stderr.count("Columns found: sentence_x, label") == 2  # both ranks said why
+    # Each rank validates the data itself, so none waits in a collective for a rank that failed. Usually both
+    # print the message; torchrun may stop the second rank before it does, once the first has exited.
+    assert result.stderr.count("Columns found: sentence_x, label") >= 1
 
 
 def test_two_processes_train_a_multi_label_run_and_tune_thresholds_once(no_dropout_model, tmp_path, cli):
