@@ -1,4 +1,4 @@
-"""Read labelled text files, validate them, and turn them into token ids and length-aware batches.
+"""Read labelled text files (single labels or label sets, optional second texts) and validate them.
 
 Files are parsed with pandas (CSV/TSV) or the json module (JSON/JSONL), every value as a string: the
 loaders' defaults turn the texts "NA"/"None"/"null" into missing values and integer labels into floats
