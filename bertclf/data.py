@@ -20,6 +20,7 @@ import pandas as pd
 
 from bertclf.config import LABEL_COLUMN_CANDIDATES, TEXT_COLUMN_CANDIDATES
 from bertclf.errors import DataError, InputMissingError, UsageError
+from bertclf.labels import label_key
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
            ".parquet": "parquet", ".pq": "parquet", ".txt": "fasttext", ".ft": "fasttext"}
@@ -385,7 +386,7 @@ def data_warnings(path: Path, texts: list[str], labels: list,
     normalized = [" ".join(t.split()).casefold() for t in texts]
     by_text: dict[str, set[str]] = {}
     for text, label in zip(normalized, labels, strict=True):
-        by_text.setdefault(text, set()).add(label if isinstance(label, str) else ",".join(sorted(label)))
+        by_text.setdefault(text, set()).add(label_key(label))
     duplicates = len(normalized) - len(by_text)
     if duplicates:
         warnings.append(f"{path}: {duplicates} duplicate text(s) (after case and whitespace folding).")

@@ -9,6 +9,7 @@ import numpy as np
 
 from bertclf.data import read_labelled
 from bertclf.encoding import EncodingSpec, encode
+from bertclf.labels import label_key
 
 PERCENTILES = (50, 90, 95, 99, 100)
 
@@ -30,7 +31,7 @@ def inspect_file(path: Path, *, text_column: str | None = None, label_column: st
     normalized = [_normalize(t) for t in data.texts]
     by_text: dict[str, set[str]] = {}
     for text, label in zip(normalized, data.labels, strict=True):
-        by_text.setdefault(text, set()).add(label if isinstance(label, str) else ",".join(sorted(label)))
+        by_text.setdefault(text, set()).add(label_key(label))
     report: dict = {
         "path": str(path),
         "format": data.table.format,

@@ -35,6 +35,12 @@ def split_label_cell(cell: str, separator: str) -> list[str]:
     return list(dict.fromkeys(name for name in names if name))
 
 
+def label_key(label: str | list[str]) -> str:
+    """One comparable string per row's label: the label itself, or a label set in sorted, joined form (for
+    spotting duplicate texts with conflicting labels)."""
+    return label if isinstance(label, str) else ",".join(sorted(label))
+
+
 def sorted_labels(labels) -> list[str]:
     """A stable label order: numeric order for integer labels ("2" before "10"), else alphabetical."""
     unique = set(labels)
