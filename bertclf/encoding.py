@@ -212,14 +212,22 @@ class LengthGroupedSampler:
     """Shuffled training order in which each batch holds texts of similar length, so padding stays small.
 
     Indices are shuffled, cut into groups of `batches_per_group` batches, sorted by length inside each
-    group, and the resulting batches shuffled again. Groups are kept small on purpose: transformers'
-    LengthGroupedSampler sorts groups of up to 50 batches, and when length correlates with the label
-    (long reviews are more often negative) its batches become nearly single-label; a from-scratch
-    model on zh_reviews then never learned (validation accuracy stuck at the majority share, 0.526,
-    against 0.79 with groups of 8).
+    group, and the resulting batches shuffled again. Texts of equal length stay in shuffled order (the
+    sort is stable), so batches are made up differently every epoch even when one group holds the whole
+    data set. (A random factor on the lengths, AllenNLP's padding_noise, would add variety but doubles the
+    padding at 10%.)
+
+    Sorting does not make batches single-label. With batches of 32, the mean total-variation distance
+    between a batch's label shares and the data set's is 0.23 (random batches) and 0.25 (groups of 32)
+    on en_wordnet_verbs, 0.08 and 0.11 on zh_reviews, while padding drops from 59% to 7% and from 53% to
+    3% (groups of 8: 20% and 11%). Test accuracy with groups of 32 against 8: MiniLM on en_wordnet_verbs
+    0.645 / 0.640, scratch on zh_reviews 0.812 / 0.815, scratch:tiny 0.809 / 0.808. (Groups were 8
+    batches until a from-scratch zh_reviews model never learned under transformers' LengthGroupedSampler,
+    blamed then on its 50-batch groups; the figures above clear the group size. Unlike this sampler,
+    transformers' does not shuffle the batches: each group runs from its longest to its shortest.)
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int, batches_per_group: int = 8):
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, batches_per_group: int = 32):
         self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
         self.group_size = batch_size * batches_per_group
         # Set by the training loop. Deliberately no set_epoch() method: accelerate calls set_epoch with its

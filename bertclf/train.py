@@ -353,6 +353,8 @@ def train(config: TrainConfig) -> TrainResult:
         pending_rng = checkpoint.load_training_state(resumed, accelerator.unwrap_model(model), optimizer,
                                                      scheduler)
         loop = LoopState(**resumed.state["loop"])
+        # Replay the checkpoint's batch order exactly: checkpoints that do not say were written with groups of 8.
+        sampler.group_size = global_batch * resumed.state.get("sampler_batches_per_group", 8)
         if loop.batches_in_epoch == 0:
             # At an epoch boundary the uninterrupted run starts the next epoch (drawing a loader seed)
             # after this state, so restore it now; mid-epoch that draw already happened: restore later.
@@ -416,7 +418,9 @@ def train(config: TrainConfig) -> TrainResult:
                 position.update(epoch=loop.epoch + 1, batches_in_epoch=0)
             path = checkpoint.save_checkpoint(output, step=loop.step, model_state=state_dict, optimizer=optimizer,
                                               scheduler=scheduler, keep=config.keep,
-                                              loop_state={"loop": position, "fingerprint": fingerprint})
+                                              loop_state={"loop": position, "fingerprint": fingerprint,
+                                                          "sampler_batches_per_group":
+                                                              sampler.group_size // global_batch})
         accelerator.wait_for_everyone()
         return path
 
