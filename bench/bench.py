@@ -303,7 +303,8 @@ class Bench:
         figures = {}
         for name, values in rates.items():
             rate = summary(values)
-            util = mfu(self.stats(ds, stat_keys[name]), dim, n / rate["median"], peak, training=False)
+            util = mfu(self.stats(ds, stat_keys[name]), dim, n / rate["median"], peak, training=False,
+                       cls_only=name.startswith("bertclf"))
             agree = doc["agreement_with_bertclf"].get(name)
             if name == "bertclf_int8":  # int8 against bertclf's own fp32: the speed-up and what it costs
                 ratio = paired_ratio(values, rates["bertclf"])
@@ -378,7 +379,7 @@ class Bench:
             rate = summary([r["texts_per_second"] for r in records])
             key = "eval_bertclf" if name == "bertclf eval" else "eval_trainer"
             util = mfu(self.stats(ds, key), dim, summary([r["seconds"] for r in records])["median"], peak,
-                       training=False)
+                       training=False, cls_only=name == "bertclf eval")
             figures[name] = {"texts_per_second": rate, "mfu": util, "runs": records}
             self.rows.append(Row("eval", ds, name, rate["median"], "texts/s", rate["min"], rate["max"],
                                  f"{ratio:.2f}x" if ratio and name != "bertclf eval" else "",

@@ -35,25 +35,36 @@ def batch_stats(lengths: list[int], batches: list[list[int]], *, pad_to: int | N
             "padded_sq": padded_sq, "padding_fraction": 1 - real / padded if padded else 0.0}
 
 
-def model_flops(stats: dict, dim: dict, *, training: bool) -> dict:
-    """FLOPs for the tokens in stats: useful (real tokens only) and hardware (padding included)."""
+def model_flops(stats: dict, dim: dict, *, training: bool, cls_only: bool = False) -> dict:
+    """FLOPs for the tokens in stats: useful (real tokens only) and hardware (padding included).
+
+    cls_only: bertclf's inference shortcut (bertclf/cls_only.py). The last layer projects keys and values for
+    every token, but its query, attention output and feed-forward block run for [CLS] alone, and its attention
+    has one query per sequence; the FLOPs counted are those that computation needs.
+    """
     k = 3 if training else 1  # backward costs about twice the forward pass
-    attn = 4 * dim["L"] * dim["d"]
+    layers, d = dim["L"], dim["d"]
     head = 2 * dim["head"] * stats["sequences"]
 
     def total(tokens: int, sq: int) -> float:
-        return k * (2 * dim["N"] * tokens + attn * sq + head)
+        if not cls_only:
+            return k * (2 * dim["N"] * tokens + 4 * layers * d * sq + head)
+        per_layer = dim["N"] / layers
+        key_value = 2 * (d * d + d)  # parameters of the key and value projections
+        first = (layers - 1) * (2 * per_layer * tokens + 4 * d * sq)
+        last = 2 * key_value * tokens + 2 * (per_layer - key_value) * stats["sequences"] + 4 * d * tokens
+        return k * (first + last + head)
 
     return {"useful": total(stats["real_tokens"], stats["real_sq"]),
             "hardware": total(stats["padded_tokens"], stats["padded_sq"])}
 
 
 def mfu(stats: dict | None, dim: dict | None, seconds: float | None, peak_flops: float | None, *,
-        training: bool) -> dict | None:
+        training: bool, cls_only: bool = False) -> dict | None:
     """Useful and hardware utilisation of the measured peak for work done in `seconds`."""
     if not (stats and dim and seconds and peak_flops):
         return None
-    flops = model_flops(stats, dim, training=training)
+    flops = model_flops(stats, dim, training=training, cls_only=cls_only)
     return {"useful": flops["useful"] / seconds / peak_flops, "hardware": flops["hardware"] / seconds / peak_flops,
             "useful_gflops_per_s": flops["useful"] / seconds / 1e9, "padding_fraction": stats["padding_fraction"]}
 

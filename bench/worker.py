@@ -111,6 +111,7 @@ def cmd_prep(args) -> None:
     import torch
 
     from bertclf.encoding import EncodingSpec, encode
+    from bertclf.evaluation import CPU_TOKENS_PER_BATCH, token_budget_batches
     from bertclf.model import load_tokenizer, resolve_model
 
     result = {"threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
@@ -141,11 +142,14 @@ def cmd_prep(args) -> None:
                 # bertclf's own batches (replayed sampler) for each mixed-precision row: identical batches
                 "train_bertclf": batch_stats(train_len, bertclf_train_batches(train_len, args.batch_size,
                                                                               args.seed, args.steps)),
-                # Predictor.predict_proba and `bertclf eval`: longest first, batches of 64
-                "predict_bertclf": batch_stats(test_len, chunks(by_length, 64)),
+                # Predictor.predict_proba and `bertclf eval`: longest first, at most 64 texts and (CPU)
+                # CPU_TOKENS_PER_BATCH padded tokens a batch
+                "predict_bertclf": batch_stats(test_len, token_budget_batches(test_len, by_length, 64,
+                                                                              CPU_TOKENS_PER_BATCH)),
                 "pipeline_bs1": batch_stats(test_len, chunks(list(range(len(test_len))), 1)),
                 "pipeline_bs32": batch_stats(test_len, chunks(list(range(len(test_len))), 32)),
-                "eval_bertclf": batch_stats(eval_len, chunks(eval_sorted, 64)),
+                "eval_bertclf": batch_stats(eval_len, token_budget_batches(eval_len, eval_sorted, 64,
+                                                                           CPU_TOKENS_PER_BATCH)),
                 "eval_trainer": batch_stats(eval_len, chunks(list(range(len(eval_len))), 8), pad_to=MAX_LENGTH),
             },
         }
