@@ -193,8 +193,9 @@ class Bench:
         prep = self.prep()
         for dtype, value in prep["peak"].items():
             if isinstance(value, float):
-                self.rows.append(Row("peak", "", f"matmul 2048² {dtype}", value / 1e9, "GFLOP/s",
-                                     note=f"{prep['threads']} torch threads"))
+                sizes = prep["peak"].get(f"{dtype}_by_size", {})
+                self.rows.append(Row("peak", "", f"matmul {dtype}, best of {', '.join(f'{n}²' for n in sizes)}",
+                                     value / 1e9, "GFLOP/s", note=f"{prep['threads']} torch threads"))
         return {"peak": prep["peak"], "threads": prep["threads"]}
 
     def do_help(self) -> dict:
