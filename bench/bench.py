@@ -7,6 +7,7 @@ samples on both sides; A and B runs interleaved (ABC CBA ...), medians reported.
   peak     fp32/bf16 matmul FLOP/s measured here (the ceiling for MFU)
   help     `bertclf --help` wall time vs `python -c "import torch"`
   train    `bertclf train` samples/s vs the Trainer with run_classification.py defaults, and a tuned Trainer
+  accuracy training time for bertclf to reach the dev accuracy the run_classification Trainer reaches
   predict  Predictor / `bertclf predict` texts/s vs transformers.pipeline (batch_size 1 and 32)
   eval     `bertclf eval` texts/s vs Trainer.evaluate() (run_classification: pad to 128, batch 8)
   rss      peak RSS of `bertclf predict` streaming a small and a large text file
@@ -48,7 +49,7 @@ WORKER = ROOT / "bench" / "worker.py"
 PY = sys.executable
 MODEL = "all-MiniLM-L6-v2"
 DATASETS = {"en": "en_wordnet_verbs", "zh": "zh_reviews"}
-SECTIONS = ("peak", "help", "train", "predict", "eval", "rss")
+SECTIONS = ("peak", "help", "train", "accuracy", "predict", "eval", "rss")
 # Hyperparameters for every training run, both sides: bertclf's defaults for MiniLM (lr auto = 1e-4), given
 # explicitly to the Trainer (whose own defaults are lr 5e-5, no warmup, no weight decay).
 LR, WARMUP, WEIGHT_DECAY, SEED, BATCH = 1e-4, 0.1, 0.01, 42, 32
@@ -70,13 +71,16 @@ class Settings:
     rss_rows: tuple[int, int] = (10_000, 1_000_000)
     rss_repeats: int = 1
     matmul_iters: int = 8
+    # bertclf run lengths (steps of 32) tried in turn until one reaches the run_classification Trainer's accuracy
+    accuracy_steps: tuple[int, ...] = (30, 45, 60, 90, 120, 180, 240)
 
     @classmethod
     def quick(cls) -> Settings:
         # English only; one repeat where a single run takes a minute or more (still in interleaved order).
         return cls(steps=10, train_repeats=1, train_datasets=("en",), predict_repeats=3, predict_e2e_repeats=1,
                    predict_datasets=("en",), eval_repeats=1, eval_rows=512, eval_datasets=("en",),
-                   help_repeats=5, rss_rows=(10_000, 50_000), rss_repeats=1, matmul_iters=5)
+                   help_repeats=5, rss_rows=(10_000, 50_000), rss_repeats=1, matmul_iters=5,
+                   accuracy_steps=(10, 20, 30, 45, 60))
 
 
 @dataclass
@@ -157,10 +161,10 @@ class Bench:
             labels = {r["label"].strip() for r in csv.DictReader(handle)}
         return dims(self.model_dir, len(labels))
 
-    def train_cmd(self, dataset: str, precision: str, output: Path) -> list[str]:
+    def train_cmd(self, dataset: str, precision: str, output: Path, steps: int | None = None) -> list[str]:
         folder = DATA / DATASETS[dataset]
         return self.bertclf("train", folder / "train.csv", "--validation", folder / "dev.csv", "--model", MODEL,
-                            "--max-steps", self.settings.steps, "--batch-size", BATCH, "--lr", LR,
+                            "--max-steps", steps or self.settings.steps, "--batch-size", BATCH, "--lr", LR,
                             "--warmup-ratio", WARMUP, "--weight-decay", WEIGHT_DECAY, "--seed", SEED,
                             "--mixed-precision", precision, "--cpu", "--json", "-o", output, "--overwrite")
 
@@ -284,6 +288,53 @@ class Bench:
         return {"samples": s.steps * BATCH, "steps_bertclf": s.steps, "hyperparameters":
                 {"lr": LR, "warmup_ratio": WARMUP, "weight_decay": WEIGHT_DECAY, "seed": SEED, "max_grad_norm": 1.0,
                  "max_length": 128}, "variants": figures, "ratios": ratios}
+
+    def do_accuracy(self) -> dict:
+        return {ds: self.accuracy_dataset(ds) for ds in self.settings.train_datasets}
+
+    def accuracy_dataset(self, ds: str) -> dict:
+        """Training time to the dev accuracy the run_classification Trainer reaches. `train` holds the samples
+        equal, which gives the Trainer (batch 8) four times the updates and a more accurate model at the end;
+        here bertclf runs of growing length (--max-steps, each with its own warmup and decay, as a user would
+        run them) are tried until one is at least as accurate, and its training time is compared."""
+        s, folder = self.settings, DATA / DATASETS[ds]
+        name = "Trainer run_classification defaults"
+        trainer_runs = [r for r in self.results.get("sections", {}).get("train", {}).get(ds, {})
+                        .get("variants", {}).get(name, {}).get("runs", []) if "error" not in r]
+        if not trainer_runs:  # `train` was not run: one Trainer run of the same size
+            doc = self.run(self.worker(
+                "hf-train", "--model-dir", self.model_dir, "--data", folder, "--lr", LR, "--warmup", WARMUP,
+                "--weight-decay", WEIGHT_DECAY, "--seed", SEED, "--output-dir", self.work / f"acc-{ds}-hf",
+                "--config", "default", "--batch-size", TRAINER_DEFAULT_BATCH,
+                "--steps", s.steps * BATCH // TRAINER_DEFAULT_BATCH)).json()
+            trainer_runs = [{"dev_accuracy": doc["dev_accuracy"], "train_seconds": doc["train_seconds"]}]
+        target = summary([r["dev_accuracy"] for r in trainer_runs])["median"]
+        trainer_seconds = summary([r["train_seconds"] for r in trainer_runs])["median"]
+        ladder, reached = [], None
+        for steps in s.accuracy_steps:
+            console.print(f"   accuracy {ds}: bertclf fp32, {steps} steps (target {target:.3f})")
+            doc = self.run(self.train_cmd(ds, "no", self.work / f"acc-{ds}", steps)).json()
+            ladder.append({"steps": steps, "samples": steps * BATCH, "dev_accuracy":
+                           doc["validation_metrics"]["accuracy"], "train_seconds": doc["timings"]["train_seconds"]})
+            if ladder[-1]["dev_accuracy"] >= target:
+                reached = ladder[-1]
+                break
+        ratio = trainer_seconds / reached["train_seconds"] if reached else None
+        samples = s.steps * BATCH
+        self.rows.append(Row("accuracy", ds, f"{name}, {samples} samples", trainer_seconds, "s to train",
+                             ratio=f"{ratio:.2f}x" if ratio else "", accuracy=target,
+                             note=f"median of {len(trainer_runs)} run(s)"))
+        for step in ladder:
+            hit = step is reached
+            self.rows.append(Row("accuracy", ds, f"bertclf fp32, {step['samples']} samples", step["train_seconds"],
+                                 "s to train", accuracy=step["dev_accuracy"],
+                                 note=(f"first to reach the Trainer's accuracy: {ratio:.2f}x less time" if hit
+                                       else "below the Trainer's accuracy")))
+        if reached is None:
+            self.rows.append(Row("accuracy", ds, "bertclf fp32", None, "", note="did not reach the Trainer's "
+                                 f"accuracy within {s.accuracy_steps[-1]} steps"))
+        return {"target_dev_accuracy": target, "trainer_train_seconds": trainer_seconds, "ladder": ladder,
+                "reached": reached, "time_ratio_trainer_over_bertclf": ratio}
 
     def do_predict(self) -> dict:
         return {ds: self.predict_dataset(ds) for ds in self.settings.predict_datasets}
