@@ -237,7 +237,7 @@ def eval_command(
     = None,
     text_pair_column: Annotated[str | None, typer.Option(help="Second-text column of a pair model. Default: the "
                                 "one used in training.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Texts per batch.")] = 64,
+    batch_size: Annotated[int, typer.Option(help="Most texts per batch (on a CPU also at most 1,024 tokens).")] = 64,
     max_length: Annotated[int | None, typer.Option(help="Override the run's max length (tokens).")] = None,
     truncation: Annotated[str | None, typer.Option(help="Override the run's truncation: head, tail, head+tail.")]
     = None,
@@ -359,7 +359,7 @@ def predict(
     top_k: Annotated[int, typer.Option(help="Also list the K most probable labels.")] = 1,
     all_probs: Annotated[bool, typer.Option(help="One probability column per label.")] = False,
     keep_columns: Annotated[bool, typer.Option(help="Copy the input columns into the output.")] = False,
-    batch_size: Annotated[int, typer.Option(help="Texts per batch.")] = 64,
+    batch_size: Annotated[int, typer.Option(help="Most texts per batch (on a CPU also at most 1,024 tokens).")] = 64,
     encoding: Annotated[str | None, typer.Option(help="Input encoding. Default: UTF-8, then GB18030.")] = None,
     cpu: Annotated[bool, typer.Option(help="Run on the CPU even if a GPU is present.")] = False,
     quantize: Annotated[str | None, typer.Option(help="int8: dynamic int8 quantization of the linear layers for "
