@@ -27,6 +27,8 @@ def supports_cls_only(model) -> bool:
         and not getattr(config, "chunk_size_feed_forward", 0)
         and getattr(config, "_attn_implementation", None) in ("sdpa", "eager")
         and len(bert.encoder.layer) > 0
+        # A wrapped layer (FSDP and the like) has its own forward, which must not be shadowed.
+        and type(bert.encoder.layer[-1]).__name__ == "BertLayer"
     )
 
 
