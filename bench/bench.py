@@ -80,7 +80,7 @@ class Settings:
         return cls(steps=10, train_repeats=1, train_datasets=("en",), predict_repeats=3, predict_e2e_repeats=1,
                    predict_datasets=("en",), eval_repeats=1, eval_rows=512, eval_datasets=("en",),
                    help_repeats=5, rss_rows=(10_000, 50_000), rss_repeats=1, matmul_iters=5,
-                   accuracy_steps=(10, 20, 30, 45, 60))
+                   accuracy_steps=(10, 20, 40))
 
 
 @dataclass
