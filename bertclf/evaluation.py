@@ -76,7 +76,6 @@ def predict_logits(model, tokenizer, encoded: Encoded, batch_size: int, *, accel
     else:
         on_cpu = device is None or torch.device(device).type == "cpu"
         batches = token_budget_batches(encoded.lengths, order, batch_size, CPU_TOKENS_PER_BATCH if on_cpu else None)
-        order = [index for batch in batches for index in batch]
         loader = DataLoader(EncodedDataset(encoded), batch_sampler=batches, collate_fn=padding_collator(tokenizer))
     was_training = model.training
     model.eval()
