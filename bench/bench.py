@@ -168,6 +168,17 @@ class Bench:
                             "--warmup-ratio", WARMUP, "--weight-decay", WEIGHT_DECAY, "--seed", SEED,
                             "--mixed-precision", precision, "--cpu", "--json", "-o", output, "--overwrite")
 
+    def hf_train_cmd(self, dataset: str, output: Path, *args) -> list[str]:
+        """The Trainer side with the same hyperparameters as train_cmd."""
+        return self.worker("hf-train", "--model-dir", self.model_dir, "--data", DATA / DATASETS[dataset],
+                           "--lr", LR, "--warmup", WARMUP, "--weight-decay", WEIGHT_DECAY, "--seed", SEED,
+                           "--output-dir", output, *args)
+
+    def trainer_default_cmd(self, dataset: str, output: Path) -> list[str]:
+        """The Trainer as run_classification.py sets it up: batch 8, so 4x the steps for the same samples."""
+        return self.hf_train_cmd(dataset, output, "--config", "default", "--batch-size", TRAINER_DEFAULT_BATCH,
+                                 "--steps", self.settings.steps * BATCH // TRAINER_DEFAULT_BATCH)
+
     def run_dir(self, dataset: str) -> Path:
         """A trained fp32 run directory for predict/eval/rss: the train section's, else a fresh short run."""
         if dataset not in self._run_dirs:
@@ -219,19 +230,16 @@ class Bench:
         return {ds: self.train_dataset(ds) for ds in self.settings.train_datasets}
 
     def train_dataset(self, ds: str) -> dict:
-        s, folder = self.settings, DATA / DATASETS[ds]
+        s = self.settings
         out = self.work / f"train-{ds}"
-        hf = ["hf-train", "--model-dir", self.model_dir, "--data", folder, "--lr", LR, "--warmup", WARMUP,
-              "--weight-decay", WEIGHT_DECAY, "--seed", SEED, "--output-dir", out / "hf"]
         variants = {
             "bertclf fp32": self.train_cmd(ds, "no", out / "bertclf-no"),
-            "Trainer run_classification defaults": self.worker(
-                *hf, "--config", "default", "--batch-size", TRAINER_DEFAULT_BATCH,
-                "--steps", s.steps * BATCH // TRAINER_DEFAULT_BATCH),
-            "Trainer tuned": self.worker(*hf, "--config", "tuned", "--batch-size", BATCH, "--steps", s.steps),
+            "Trainer run_classification defaults": self.trainer_default_cmd(ds, out / "hf"),
+            "Trainer tuned": self.hf_train_cmd(ds, out / "hf", "--config", "tuned", "--batch-size", BATCH,
+                                               "--steps", s.steps),
             "bertclf auto": self.train_cmd(ds, "auto", out / "bertclf-auto"),
-            "Trainer tuned bf16": self.worker(*hf, "--config", "tuned", "--batch-size", BATCH, "--steps", s.steps,
-                                              "--bf16"),
+            "Trainer tuned bf16": self.hf_train_cmd(ds, out / "hf", "--config", "tuned", "--batch-size", BATCH,
+                                                    "--steps", s.steps, "--bf16"),
         }
         runs: dict[str, list[dict]] = {name: [] for name in variants}
         for repeat, name in interleaved(list(variants), s.train_repeats):
@@ -297,16 +305,12 @@ class Bench:
         equal, which gives the Trainer (batch 8) four times the updates and a more accurate model at the end;
         here bertclf runs of growing length (--max-steps, each with its own warmup and decay, as a user would
         run them) are tried until one is at least as accurate, and its training time is compared."""
-        s, folder = self.settings, DATA / DATASETS[ds]
+        s = self.settings
         name = "Trainer run_classification defaults"
         trainer_runs = [r for r in self.results.get("sections", {}).get("train", {}).get(ds, {})
                         .get("variants", {}).get(name, {}).get("runs", []) if "error" not in r]
         if not trainer_runs:  # `train` was not run: one Trainer run of the same size
-            doc = self.run(self.worker(
-                "hf-train", "--model-dir", self.model_dir, "--data", folder, "--lr", LR, "--warmup", WARMUP,
-                "--weight-decay", WEIGHT_DECAY, "--seed", SEED, "--output-dir", self.work / f"acc-{ds}-hf",
-                "--config", "default", "--batch-size", TRAINER_DEFAULT_BATCH,
-                "--steps", s.steps * BATCH // TRAINER_DEFAULT_BATCH)).json()
+            doc = self.run(self.trainer_default_cmd(ds, self.work / f"acc-{ds}-hf")).json()
             trainer_runs = [{"dev_accuracy": doc["dev_accuracy"], "train_seconds": doc["train_seconds"]}]
         target = summary([r["dev_accuracy"] for r in trainer_runs])["median"]
         trainer_seconds = summary([r["train_seconds"] for r in trainer_runs])["median"]
