@@ -111,7 +111,7 @@ def cmd_prep(args) -> None:
     import torch
 
     from bertclf.encoding import EncodingSpec, encode
-    from bertclf.evaluation import CPU_TOKENS_PER_BATCH, token_budget_batches
+    from bertclf.inference import CPU_TOKENS_PER_BATCH, token_budget_batches
     from bertclf.model import load_tokenizer, resolve_model
 
     result = {"threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),

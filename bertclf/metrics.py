@@ -95,3 +95,14 @@ def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]
         for j, label in enumerate(labels)
     }
     return result
+
+
+def score(probs: np.ndarray, targets: np.ndarray, space, thresholds=None) -> dict:
+    """All metrics of probabilities against targets (label ids, or multi-hot rows), plus the loss."""
+    names = list(space.names)
+    if space.multi_label:
+        metrics = multilabel_metrics(targets, space.decide(probs, thresholds), names, probs, thresholds)
+    else:
+        metrics = classification_metrics(targets, space.decide(probs), names, probs)
+    metrics["loss"] = space.loss(probs, targets)
+    return metrics

@@ -87,7 +87,7 @@ class Predictor:
     def probabilities_of(self, texts: Sequence[str], pairs: Sequence[str] | None = None,
                          batch_size: int = 64) -> tuple[np.ndarray, Encoded]:
         """Probabilities (n_texts, n_labels) of non-empty texts, and their encoding."""
-        from bertclf.evaluation import predict_probs
+        from bertclf.inference import predict_probs
 
         if self.text_pair_column is not None and pairs is None:
             raise UsageError(f"{self.run_dir} was trained on text pairs (column {self.text_pair_column!r}); "

@@ -215,7 +215,8 @@ def train(config: TrainConfig) -> TrainResult:
     from accelerate.utils import DataLoaderConfiguration, set_seed
     from transformers import get_linear_schedule_with_warmup
 
-    from bertclf.evaluation import predict_probs, score
+    from bertclf.inference import predict_probs
+    from bertclf.metrics import score
     from bertclf.model import auto_learning_rate, load_for_training, resolve_model, usable_max_length
 
     tracker = _check_tracker(config.report_to)

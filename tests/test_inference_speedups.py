@@ -9,7 +9,7 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 from bertclf.cls_only import cls_only_last_layer, supports_cls_only
-from bertclf.evaluation import token_budget_batches
+from bertclf.inference import token_budget_batches
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
