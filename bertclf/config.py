@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,16 +97,21 @@ class TrainConfig:
                f"Give 0 to {self.max_length // 2} tokens (at most half of --max-length).")
         _check(bool(self.label_separator.strip()), "--label-separator", self.label_separator,
                "Give a non-blank separator such as ',' or '|'.")
-        _check(self.epochs > 0, "--epochs", self.epochs, "Give a positive number of epochs.")
+        _check(math.isfinite(self.epochs) and 0 < self.epochs <= 10_000, "--epochs", self.epochs,
+               "Give a positive, finite number of epochs (fractions allowed).")
+        # numpy's and torch's seeds are unsigned 32-bit: a seed outside that range fails deep in set_seed.
+        _check(0 <= self.seed <= 2**32 - 1, "--seed", self.seed, "Give a seed from 0 to 4294967295.")
         _check(self.max_steps is None or self.max_steps > 0, "--max-steps", self.max_steps,
                "Give a positive number of steps.")
         _check(self.batch_size > 0, "--batch-size", self.batch_size, "Give a positive batch size.")
         _check(self.lr is None or 0.0 < self.lr < 1.0, "--lr", self.lr,
                "Give a rate such as 5e-5, or 'auto'.")
-        _check(self.weight_decay >= 0.0, "--weight-decay", self.weight_decay, "Give 0 or more.")
+        _check(math.isfinite(self.weight_decay) and self.weight_decay >= 0.0, "--weight-decay", self.weight_decay,
+               "Give 0 or more.")
         _check(0.0 <= self.warmup_ratio < 1.0, "--warmup-ratio", self.warmup_ratio, "Give 0 to 1.")
         _check(self.grad_accum >= 1, "--grad-accum", self.grad_accum, "Give 1 or more.")
-        _check(self.max_grad_norm > 0.0, "--max-grad-norm", self.max_grad_norm, "Give a positive norm.")
+        _check(math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0.0, "--max-grad-norm",
+               self.max_grad_norm, "Give a positive norm.")
         _check(self.eval_every is None or self.eval_every > 0, "--eval-every", self.eval_every,
                "Give a positive number of steps.")
         _check(self.early_stopping is None or self.early_stopping > 0, "--early-stopping",
@@ -177,6 +183,7 @@ class EvalConfig:
     report_dir: Path | None = None
     quantize: str | None = None  # "int8": dynamic int8 Linear layers on the CPU
     threshold: str | None = None  # multi-label: override the tuned thresholds (0.4, or LABEL=VALUE,...)
+    gates: dict[str, float] = field(default_factory=dict)  # --fail-under METRIC=VALUE
 
     def __post_init__(self) -> None:
         _check(self.batch_size > 0, "--batch-size", self.batch_size, "Give a positive batch size.")
@@ -184,6 +191,35 @@ class EvalConfig:
                "Give 8 to 8192 tokens.")
         _check(self.truncation is None or self.truncation in TRUNCATION_STRATEGIES, "--truncation",
                self.truncation, f"Choose one of: {', '.join(TRUNCATION_STRATEGIES)}.")
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Settings of one `bertclf predict` run; None means "as the run was trained" (or the default named)."""
+
+    run_dir: Path
+    input: str | None = None  # a file, or "-" for stdin; exclusive with texts
+    texts: tuple[str, ...] = ()  # --text, repeatable
+    text_pairs: tuple[str, ...] = ()  # --text-pair, one per --text for pair models
+    output: Path | None = None  # None: stdout
+    output_format: str | None = None  # jsonl, csv, tsv; None: from the output extension, else jsonl
+    input_format: str | None = None
+    text_column: str | None = None
+    text_pair_column: str | None = None
+    threshold: str | None = None  # multi-label: override the tuned thresholds
+    top_k: int = 1
+    all_probs: bool = False
+    keep_columns: bool = False
+    batch_size: int = 64
+    encoding: str | None = None
+    cpu: bool = False
+    quantize: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.input is None) == (not self.texts):
+            raise UsageError("Give either an INPUT file (or - for stdin) or --text, not both and not neither.")
+        _check(self.top_k >= 1, "--top-k", self.top_k, "Give 1 or more.")
+        _check(self.batch_size >= 1, "--batch-size", self.batch_size, "Give 1 or more.")
 
 
 def parse_name_values(items: list[str], allowed: list[str] | tuple[str, ...], flag: str,
@@ -201,6 +237,8 @@ def parse_name_values(items: list[str], allowed: list[str] | tuple[str, ...], fl
             parsed[name] = float(number)
         except ValueError:
             raise UsageError(f"Invalid value for {flag}: {item.strip()!r}; {number!r} is not a number.") from None
+        if not math.isfinite(parsed[name]):  # a NaN threshold would make every comparison pass
+            raise UsageError(f"Invalid value for {flag}: {item.strip()!r}; give a finite number.")
     return parsed
 
 

@@ -9,17 +9,28 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 out = Console(soft_wrap=True)  # results only
 err = Console(stderr=True, soft_wrap=True)  # logs, warnings, progress
 
 
+# Messages are plain text, never Rich markup: they hold paths, column names, labels and texts that users
+# chose, and a label like "[/x]" must print as written (not crash, not vanish). Only our prefixes are styled.
+
+
 def info(message: str) -> None:
-    err.print(message, highlight=False)
+    err.print(Text(message), highlight=False)
 
 
 def warn(message: str) -> None:
-    err.print(f"[yellow]Warning:[/yellow] {message}", highlight=False)
+    err.print(Text.assemble(("Warning:", "yellow"), " ", message), highlight=False)
+
+
+def error(message: str, hint: str | None = None) -> None:
+    err.print(Text.assemble(("Error:", "bold red"), " ", message), highlight=False)
+    if hint:
+        err.print(Text.assemble(("Hint:", "dim"), " ", hint), highlight=False)
 
 
 def print_json(document: Any) -> None:
@@ -53,7 +64,7 @@ def metrics_table(metrics: dict[str, Any], title: str | None = None) -> Table:
     table.add_column("value", justify="right")
     for name, value in metrics.items():
         if isinstance(value, float):
-            table.add_row(name, f"{value:.4f}")
+            table.add_row(Text(name), f"{value:.4f}")
         elif isinstance(value, (int, str)):
-            table.add_row(name, str(value))
+            table.add_row(Text(name), Text(str(value)))
     return table

@@ -8,6 +8,43 @@ from bertclf.labels import LabelSpace
 from bertclf.metrics import score
 
 
+def run_eval(config) -> dict:
+    """`bertclf eval`: score the run, write the report files (--output), and judge the --fail-under gates.
+    Returns the report with a "gates" entry; the caller decides the exit code."""
+    report = evaluate(config)
+    gates = check_gates(report["metrics"], config.gates, report["task"])
+    if config.report_dir is not None:
+        from bertclf.report import write_report
+
+        write_report(report, config.report_dir)
+    report["gates"] = gates
+    return report
+
+
+def check_gates(metrics: dict, gates: dict[str, float], task: str) -> dict[str, dict]:
+    """Each gate's threshold, value, verdict and message. A gate on a metric this kind of run does not report
+    (a multi-label metric on a single-label run, say) is a usage error, not a failed gate."""
+    from bertclf.config import MULTI_LABEL_SCALAR_METRICS, SCALAR_METRICS
+    from bertclf.errors import UsageError
+
+    known = MULTI_LABEL_SCALAR_METRICS if task == "multi_label" else SCALAR_METRICS
+    wrong = [name for name in gates if name not in known]
+    if wrong:
+        kind = "multi-label" if task == "multi_label" else "single-label"
+        raise UsageError(f"Invalid value for --fail-under: {', '.join(wrong)} is not a metric of {kind} runs.",
+                         hint=f"Gate on one of: {', '.join(m for m in known if m not in ('hamming_loss',))}.")
+    results = {}
+    for name, threshold in gates.items():
+        value = metrics.get(name)
+        if value is None:
+            message = f"{name} is undefined on this data (needed >= {threshold})"
+        else:
+            message = f"{name} {value:.4f} < {threshold} (short by {threshold - value:.4f})"
+        results[name] = {"threshold": threshold, "value": value,
+                         "passed": value is not None and value >= threshold, "message": message}
+    return results
+
+
 def evaluate(config) -> dict:
     """Score a run directory on a labelled file. Returns the report: metrics, counts, timings, errors."""
     import time

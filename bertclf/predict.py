@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from bertclf import console
+from bertclf.batching import fixed_chunks, timed_chunks
+from bertclf.config import PredictConfig
 from bertclf.encoding import Encoded, EncodingSpec, encode
 from bertclf.errors import UsageError
 from bertclf.labels import DEFAULT_THRESHOLD, LabelSpace, parse_threshold_option
+from bertclf.prediction_rows import prediction_row, rows_from_options
+
+if TYPE_CHECKING:
+    from bertclf.streams import InputRecords
 
 # A text to classify, or a (text, second text) pair for a model trained with --text-pair-column.
 Item = str | tuple[str, str]
+# A live stream's chunk closes this long after its first row arrived (issue: `tail -f | predict` answered only
+# after 2,048 rows or EOF).
+LIVE_WAIT_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -130,14 +141,97 @@ class Predictor:
     def predict_stream(self, texts: Iterable[Item], *, chunk_size: int = 2048, top_k: int = 1,
                        batch_size: int = 64) -> Iterator[Prediction]:
         """Predictions in input order, chunk by chunk, so memory does not grow with the input."""
-        chunk: list[Item] = []
-        for text in texts:
-            chunk.append(text)
-            if len(chunk) >= chunk_size:
-                yield from self.predict(chunk, top_k=top_k, batch_size=batch_size)
-                chunk = []
-        if chunk:
+        for chunk in fixed_chunks(texts, chunk_size):
             yield from self.predict(chunk, top_k=top_k, batch_size=batch_size)
+
+    def predict_rows(self, rows: Iterable[dict[str, str]], text_column: Callable[[], str],
+                     pair_column: str | None = None, *, top_k: int = 1, batch_size: int = 64, chunk_size: int = 2048,
+                     live: bool = False) -> Iterator[tuple[dict[str, str], Prediction]]:
+        """(row, prediction) in input order for table rows. `text_column` is asked once rows flow (a JSON
+        input names its columns in its first record). A `live` stream (stdin) is cut into chunks that close
+        within LIVE_WAIT_SECONDS, so each answer follows its line at once."""
+        chunks = timed_chunks(rows, chunk_size, LIVE_WAIT_SECONDS) if live else fixed_chunks(rows, chunk_size)
+        for chunk in chunks:
+            column = text_column()
+            items = [(row.get(column, ""), row.get(pair_column, "")) if pair_column else row.get(column, "")
+                     for row in chunk]
+            yield from zip(chunk, self.predict(items, top_k=top_k, batch_size=batch_size), strict=True)
+            if live:
+                sys.stdout.flush()
+
+    def predict_file(self, config: PredictConfig, source: RowSource | None = None) -> PredictSummary:
+        """`bertclf predict`: read the input (file, stdin or --text), write one output row per input row, in
+        input order, to --output (through a temporary file) or stdout."""
+        from bertclf.streams import RowWriter, output_format
+
+        source = source or open_rows(config, self.manifest)
+        fmt = output_format(config.output, config.output_format)
+        top_k = min(config.top_k, len(self.labels))
+        summary = PredictSummary()
+        writer = RowWriter(config.output, fmt)
+        success = False
+        try:
+            predictions = self.predict_rows(source.rows, source.text_column, source.pair_column, top_k=top_k,
+                                            batch_size=config.batch_size, live=config.input == "-")
+            for number, (row, prediction) in enumerate(predictions, start=1):
+                summary.rows += 1
+                summary.empty += prediction.is_empty
+                writer.write(prediction_row(number, row, source.id_column(), prediction, self, fmt, top_k=top_k,
+                                            all_probs=config.all_probs, keep_columns=config.keep_columns))
+            success = True
+        finally:
+            writer.close(success)
+        return summary
+
+
+@dataclass
+class RowSource:
+    """Input rows and the columns to read from them. A JSON input names its columns in its first record,
+    so the text and id columns are asked for once rows flow."""
+
+    rows: Iterator[dict[str, str]]
+    records: InputRecords | None  # None for --text options
+    pair_column: str | None
+
+    def text_column(self) -> str:
+        return self.records.text_column if self.records is not None else "text"
+
+    def id_column(self) -> str | None:
+        return "id" if self.records is not None and "id" in self.records.columns else None
+
+
+def open_rows(config: PredictConfig, manifest: dict) -> RowSource:
+    """The rows to classify: --text options, or the INPUT file or stdin (opened, not yet read)."""
+    from bertclf.streams import open_input
+
+    pair_col = config.text_pair_column or manifest.get("text_pair_column")  # the input's second-text column
+    if config.texts:
+        return RowSource(iter(rows_from_options(list(config.texts), list(config.text_pairs) or None, pair_col)),
+                         None, pair_col)
+    records = open_input(config.input, fmt=config.input_format, encoding=config.encoding,
+                         text_column=config.text_column, preferred_column=manifest.get("text_column"),
+                         pair_column=pair_col)
+    return RowSource(iter(records), records, pair_col)
+
+
+@dataclass
+class PredictSummary:
+    rows: int = 0  # rows read and written
+    empty: int = 0  # of which had an empty text (written with an empty label)
+
+
+def run_predict(config: PredictConfig) -> PredictSummary:
+    """Open the input first (a missing file fails before the model loads), then load the run once and classify."""
+    from bertclf.model import read_manifest
+
+    source = open_rows(config, read_manifest(config.run_dir))
+    predictor = Predictor.from_dir(config.run_dir, cpu=config.cpu, quantize=config.quantize,
+                                   threshold=config.threshold)
+    summary = predictor.predict_file(config, source)
+    if summary.empty:
+        console.warn(f"{summary.empty} of {summary.rows} input row(s) had an empty text; their label is left "
+                     "empty.")
+    return summary
 
 
 def _split_items(items: Sequence[Item]) -> tuple[list[str], list[str] | None]:

@@ -1,0 +1,67 @@
+"""The `bertclf` command line, one module per command (as the `hf` CLI of huggingface_hub is laid out):
+
+    train.py     bertclf train     -> bertclf.train.train
+    evaluate.py  bertclf eval      -> bertclf.evaluation.run_eval
+    predict.py   bertclf predict   -> bertclf.predict.run_predict
+    inspect.py   bertclf inspect   -> bertclf.inspection.inspect_file
+
+Each command module declares its options, builds a config, calls one core function and hands the result to
+`_output.py` (Rich tables, JSON); `_errors.py` is the one error guard; `_cli_utils.py` holds shared helpers.
+Nothing heavy is imported here (torch, transformers, datasets, accelerate), so `--help`, `--version` and usage
+errors answer at once; each command imports what it needs inside its body.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from bertclf import console
+from bertclf.cli._cli_utils import normalize_resume, version_callback
+from bertclf.cli._errors import exit_code_after_flush
+from bertclf.cli.evaluate import eval_command
+from bertclf.cli.inspect import inspect
+from bertclf.cli.predict import predict
+from bertclf.cli.train import train
+from bertclf.errors import UsageError
+
+app = typer.Typer(
+    name="bertclf",
+    help="Fine-tune BERT models for Chinese or English text classification; evaluate and predict with them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True,
+                                          help="Show the version and exit.")] = False,
+) -> None:
+    """Fine-tune BERT text classifiers: `bertclf train`, then `bertclf eval` and `bertclf predict`."""
+
+
+app.command()(train)
+app.command("eval")(eval_command)
+app.command()(predict)
+app.command()(inspect)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app(args=normalize_resume(sys.argv[1:]), prog_name="bertclf")
+    except UsageError as exc:  # raised outside a command body (should not happen, but never a traceback)
+        console.error(exc.message, exc.hint)
+        sys.exit(exit_code_after_flush(exc.exit_code))
+    except SystemExit as exc:
+        # --help and --version write outside any command's guard: a full or closed stdout is still exit 74.
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        sys.exit(exit_code_after_flush(code))
+
+
+__all__ = ["app", "main", "normalize_resume"]
