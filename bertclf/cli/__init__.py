@@ -20,12 +20,12 @@ import typer
 
 from bertclf import console
 from bertclf.cli._cli_utils import normalize_resume, version_callback
-from bertclf.cli._errors import exit_code_after_flush
+from bertclf.cli._errors import silence_stdout, debug_enabled, exit_code_after_flush
 from bertclf.cli.evaluate import eval_command
 from bertclf.cli.inspect import inspect
 from bertclf.cli.predict import predict
 from bertclf.cli.train import train
-from bertclf.errors import UsageError
+from bertclf.errors import EXIT_IO, UsageError
 
 app = typer.Typer(
     name="bertclf",
@@ -62,6 +62,12 @@ def main() -> None:
         # --help and --version write outside any command's guard: a full or closed stdout is still exit 74.
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         sys.exit(exit_code_after_flush(code))
+    except OSError as exc:  # writing --help or --version failed (a full disk behind the redirect, say)
+        if debug_enabled():
+            raise
+        console.error(f"Cannot write to stdout: {exc.strerror or exc}.")
+        silence_stdout()
+        sys.exit(EXIT_IO)
 
 
 __all__ = ["app", "main", "normalize_resume"]

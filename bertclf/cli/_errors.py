@@ -18,22 +18,24 @@ def debug_enabled() -> bool:
     return os.environ.get("BERTCLF_DEBUG", "") not in ("", "0")
 
 
-def _silence_stdout() -> None:
+def silence_stdout() -> None:
     """Point stdout at /dev/null so the interpreter's final flush cannot fail (or print) again."""
     try:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except (OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    except OSError:
         pass
 
 
 def flush_stdout() -> None:
     """Flush results now, inside the guard: a full disk or closed stdout must be an error, not lost output."""
     try:
+        if sys.stdout is None:  # started with stdout closed (`>&-`): nothing can be delivered
+            raise OSError(9, "stdout is closed")
         sys.stdout.flush()
     except BrokenPipeError:
         raise
     except (OSError, ValueError) as exc:  # ValueError: stdout was closed
-        _silence_stdout()
+        silence_stdout()
         raise OutputError(f"Cannot write the results to stdout: {getattr(exc, 'strerror', None) or exc}.",
                           hint="Check that the disk behind the redirect has room, or write to a file with "
                           "--output.") from None
@@ -57,12 +59,12 @@ def user_errors():
         raise
     except BrokenPipeError:
         # `bertclf predict ... | head`: the reader has what it wanted. Stop quietly, as cat or grep would.
-        _silence_stdout()
+        silence_stdout()
         raise typer.Exit(EXIT_SIGPIPE) from None
     except OSError as exc:
         if debug_enabled():
             raise
-        _silence_stdout()  # stdout may be the file that failed: nothing more may reach it
+        silence_stdout()  # stdout may be the file that failed: nothing more may reach it
         console.error(f"I/O error: {exc.strerror or exc}{f' ({exc.filename})' if exc.filename else ''}.")
         raise typer.Exit(EXIT_IO) from None
     except Exception as exc:
@@ -79,7 +81,7 @@ def exit_code_after_flush(code: int | None) -> int:
     try:
         flush_stdout()
     except BrokenPipeError:
-        _silence_stdout()
+        silence_stdout()
         return EXIT_SIGPIPE
     except OutputError as exc:
         console.error(exc.message, exc.hint)
