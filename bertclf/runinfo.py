@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 import sys
 from importlib import metadata
@@ -11,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bertclf import __version__
-from bertclf.errors import OutputError
+from bertclf.safe_write import atomic_output
 
 MANIFEST = "bertclf.json"
 LIBRARIES = ("torch", "transformers", "tokenizers", "accelerate", "datasets", "scikit-learn", "numpy")
@@ -28,14 +27,11 @@ def library_versions() -> dict[str, str | None]:
 
 
 def write_json_atomic(path: Path, document: Any) -> None:
-    """Write to a temporary name and rename, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(json.dumps(document, ensure_ascii=False, indent=2, default=str) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise OutputError(f"Cannot write {path}: {exc.strerror or exc}.",
-                          hint="Check free disk space and permissions on the output directory.") from None
+    """Write through a unique temporary file renamed into place (bertclf.safe_write), so a reader never sees
+    half a file; OSErrors become OutputError (exit 74) naming the file."""
+    text = json.dumps(document, ensure_ascii=False, indent=2, default=str) + "\n"
+    with atomic_output(path, "w", encoding="utf-8", newline="\n") as handle:
+        handle.write(text)
 
 
 def base_manifest(argv: list[str] | tuple[str, ...]) -> dict[str, Any]:
@@ -46,6 +42,60 @@ def base_manifest(argv: list[str] | tuple[str, ...]) -> dict[str, Any]:
         "platform": platform.platform(),
         "completed": False,
     }
+
+
+def train_manifest(config, *, data, spec, model: dict[str, Any], lr: float, mixed_precision: str, device: str,
+                   world_size: int, threads: int, encoded: dict[str, Any], loss_weights: list[float] | None,
+                   steps: dict[str, int]) -> dict[str, Any]:
+    """The manifest of a training run as it starts (completed: false): what it trains on, with what.
+    `config` is the TrainConfig, `data` the train module's TrainingData, `encoded` the encoded train and
+    validation sets."""
+    train, validation = data.train, data.validation
+    return {
+        **base_manifest(config.argv),
+        "config": config.to_dict(),
+        "labels": data.labels,
+        "task": "multi_label" if config.multi_label else "single_label",
+        "text_column": train.text_column,
+        "text_pair_column": train.pair_column,
+        "label_column": train.label_column,
+        "label_separator": config.label_separator if config.multi_label else None,
+        **spec.to_dict(),
+        "model": model,
+        "learning_rate": lr,
+        "learning_rate_source": "auto" if config.lr is None else "--lr",
+        "mixed_precision": mixed_precision,
+        "device": device,
+        "world_size": world_size,
+        "seed": config.seed,
+        "threads": threads,
+        "data": {"train": train.table.describe(), "validation": validation.table.describe() if validation else None},
+        "validation_source": str(config.validation_file) if validation else
+        f"{config.validation_split:.0%} stratified split of the training file (seed {config.seed})",
+        "train_rows": len(data.train_texts),
+        "validation_rows": len(data.val_texts),
+        "truncated": {split: e.truncated for split, e in encoded.items()},
+        "sequences": {split: len(e) for split, e in encoded.items()},
+        "data_warnings": data.warnings,
+        "class_weights": dict(zip(data.labels, loss_weights, strict=True)) if loss_weights else None,
+        "steps": steps,
+        "metric": config.metric,
+    }
+
+
+def complete_manifest(manifest: dict[str, Any], *, metric: str, state, total_seconds: float) -> None:
+    """Mark the manifest of a finished run complete, with its best step and timings (`state`: the loop's
+    LoopState)."""
+    manifest.update({
+        "completed": True,
+        "best_step": state.best_step,
+        "best_metric": {metric: state.best_value},
+        "steps_done": state.step,
+        "stopped_early": state.stopped_early,
+        "timings": {"train_seconds": round(state.train_seconds, 2),
+                    "total_seconds": round(total_seconds, 2),
+                    "samples_per_second": round(state.samples_seen / max(state.train_seconds, 1e-9), 2)},
+    })
 
 
 def model_card(manifest: dict[str, Any], metrics: dict[str, Any]) -> str:
