@@ -11,7 +11,44 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-out = Console(soft_wrap=True)  # results only
+from bertclf.errors import StdoutError
+
+
+class _Stdout:
+    """sys.stdout, looked up at each write (tests and callers may replace it), with a failed write reported as
+    a failure of stdout: a full disk behind `> file`, or a closed descriptor, is exit 74 naming stdout."""
+
+    def _call(self, name: str, *args):
+        try:
+            if sys.stdout is None:  # started with stdout closed (`>&-`)
+                raise OSError(9, "stdout is closed")
+            return getattr(sys.stdout, name)(*args)
+        except BrokenPipeError:
+            raise  # the reader went away: the guard stops quietly with 141
+        except (OSError, ValueError) as exc:  # ValueError: "I/O operation on closed file"
+            raise StdoutError(f"Cannot write the results to stdout: {getattr(exc, 'strerror', None) or exc}.",
+                              hint="Check that the disk behind the redirect has room, or write to a file with "
+                              "--output.") from None
+
+    def write(self, text: str) -> int:
+        return self._call("write", text)
+
+    def flush(self) -> None:
+        self._call("flush")
+
+    def isatty(self) -> bool:
+        return sys.stdout is not None and sys.stdout.isatty()
+
+    def fileno(self) -> int:
+        return sys.stdout.fileno()
+
+    @property
+    def encoding(self) -> str:
+        return getattr(sys.stdout, "encoding", None) or "utf-8"
+
+
+stdout = _Stdout()  # every result written to stdout goes through this
+out = Console(file=stdout, soft_wrap=True)  # results only
 err = Console(stderr=True, soft_wrap=True)  # logs, warnings, progress
 
 
@@ -35,8 +72,8 @@ def error(message: str, hint: str | None = None) -> None:
 
 def print_json(document: Any) -> None:
     """One JSON document on stdout, plain (no Rich markup or wrapping), for machines to read."""
-    sys.stdout.write(json.dumps(document, ensure_ascii=False, indent=2, default=str) + "\n")
-    sys.stdout.flush()
+    stdout.write(json.dumps(document, ensure_ascii=False, indent=2, default=str) + "\n")
+    stdout.flush()
 
 
 def progress_enabled() -> bool:

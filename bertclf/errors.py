@@ -58,6 +58,10 @@ class OutputError(BertclfError):
     exit_code = EXIT_IO
 
 
+class StdoutError(OutputError):
+    """Results could not be written to stdout (a full disk behind a redirect, a closed descriptor)."""
+
+
 class QualityGateError(BertclfError):
     """A `--fail-under` gate failed: the command worked but the model is not good enough."""
 

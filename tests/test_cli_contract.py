@@ -58,8 +58,8 @@ def test_train_summary_to_a_full_disk_is_an_io_error(tiny_model_dir, tmp_path):
 
 
 def test_labels_and_paths_with_markup_print_as_written(tmp_path):
-    folder = tmp_path / "[bold]data[/x]"
-    folder.mkdir()
+    folder = tmp_path / "[bold]data[" / "x]"  # the path holds "[bold]data[/x]"
+    folder.mkdir(parents=True)
     data = write_csv(folder / "d.csv", [(f"text number {i}", "[/x]" if i % 2 else "[red]b") for i in range(20)])
     result = run_bertclf("inspect", data)
     assert result.returncode == 0, result.stderr

@@ -2,6 +2,7 @@
 
     train.py     bertclf train     -> bertclf.train.train
     evaluate.py  bertclf eval      -> bertclf.evaluation.run_eval
+    compare.py   bertclf compare   -> bertclf.compare.run_compare
     predict.py   bertclf predict   -> bertclf.predict.run_predict
     inspect.py   bertclf inspect   -> bertclf.inspection.inspect_file
 
@@ -20,7 +21,8 @@ import typer
 
 from bertclf import console
 from bertclf.cli._cli_utils import normalize_resume, version_callback
-from bertclf.cli._errors import silence_stdout, debug_enabled, exit_code_after_flush
+from bertclf.cli._errors import debug_enabled, exit_code_after_flush, silence_stdout
+from bertclf.cli.compare import compare
 from bertclf.cli.evaluate import eval_command
 from bertclf.cli.inspect import inspect
 from bertclf.cli.predict import predict
@@ -42,11 +44,13 @@ def _root(
     version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True,
                                           help="Show the version and exit.")] = False,
 ) -> None:
-    """Fine-tune BERT text classifiers: `bertclf train`, then `bertclf eval` and `bertclf predict`."""
+    """Fine-tune BERT text classifiers: `bertclf train`, then `bertclf eval`, `bertclf compare` and
+    `bertclf predict`."""
 
 
 app.command()(train)
 app.command("eval")(eval_command)
+app.command()(compare)
 app.command()(predict)
 app.command()(inspect)
 

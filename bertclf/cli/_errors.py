@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 
 import typer
 
 from bertclf import console
-from bertclf.errors import EXIT_INTERNAL, EXIT_IO, EXIT_SIGINT, EXIT_SIGPIPE, BertclfError, OutputError
+from bertclf.errors import EXIT_INTERNAL, EXIT_IO, EXIT_SIGINT, EXIT_SIGPIPE, BertclfError, OutputError, StdoutError
 
 
 def debug_enabled() -> bool:
@@ -28,17 +27,7 @@ def silence_stdout() -> None:
 
 def flush_stdout() -> None:
     """Flush results now, inside the guard: a full disk or closed stdout must be an error, not lost output."""
-    try:
-        if sys.stdout is None:  # started with stdout closed (`>&-`): nothing can be delivered
-            raise OSError(9, "stdout is closed")
-        sys.stdout.flush()
-    except BrokenPipeError:
-        raise
-    except (OSError, ValueError) as exc:  # ValueError: stdout was closed
-        silence_stdout()
-        raise OutputError(f"Cannot write the results to stdout: {getattr(exc, 'strerror', None) or exc}.",
-                          hint="Check that the disk behind the redirect has room, or write to a file with "
-                          "--output.") from None
+    console.stdout.flush()
 
 
 @contextlib.contextmanager
@@ -50,6 +39,8 @@ def user_errors():
     except BertclfError as exc:
         if debug_enabled():
             raise
+        if isinstance(exc, StdoutError):
+            silence_stdout()  # the interpreter's final flush must not fail again
         console.error(exc.message, exc.hint)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
@@ -64,7 +55,7 @@ def user_errors():
     except OSError as exc:
         if debug_enabled():
             raise
-        silence_stdout()  # stdout may be the file that failed: nothing more may reach it
+        silence_stdout()
         console.error(f"I/O error: {exc.strerror or exc}{f' ({exc.filename})' if exc.filename else ''}.")
         raise typer.Exit(EXIT_IO) from None
     except Exception as exc:
