@@ -60,11 +60,14 @@ def sniff_encoding(path: Path, requested: str | None) -> str:
     encoding is checked line by line as the file is read."""
     if requested:
         check_encoding(requested)
+        if _splits_on_newline_byte(requested):
+            _check_no_nul(path)
         return requested
     with path.open("rb") as handle:
         head = handle.read(4)
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):
         return "utf-16"
+    _check_no_nul(path)  # before decoding: a NUL in binary junk would otherwise read as "not UTF-8"
     first_error: tuple[int, int] | None = None  # (line, byte) where UTF-8 failed
     for candidate in AUTO_ENCODINGS:
         decoder = codecs.getincrementaldecoder(candidate)()
@@ -87,6 +90,20 @@ def sniff_encoding(path: Path, requested: str | None) -> str:
     line, byte = first_error or (1, 0)
     raise DataError(f"{path}: line {line}, byte {byte}: neither UTF-8 nor GB18030 can decode this file.",
                     hint="Save it as UTF-8, or pass --encoding with its real encoding (for example --encoding big5).")
+
+
+def _check_no_nul(path: Path) -> None:
+    """A NUL byte anywhere in the file is an error naming its line (1 MiB pieces: constant memory)."""
+    offset = lines = 0
+    with path.open("rb") as handle:
+        while piece := handle.read(1 << 20):
+            position = piece.find(b"\x00")
+            if position >= 0:
+                line = lines + piece.count(b"\n", 0, position) + 1
+                raise DataError(f"{path}: line {line} holds a NUL byte (at "
+                                f"byte {offset + position}): this looks like a binary or damaged file, not text.",
+                                hint="Check that you passed the right file; text files never hold NUL bytes.")
+            offset, lines = offset + len(piece), lines + piece.count(b"\n")
 
 
 def decoded_lines(binary: IO[bytes], encoding: str, name: str, *, close: bool = False) -> Iterator[str]:
