@@ -24,13 +24,22 @@ SCALAR_METRICS = ("accuracy", "macro_f1", "micro_f1", "weighted_f1", "macro_prec
 MULTI_LABEL_SCALAR_METRICS = ("subset_accuracy", "hamming_loss", "micro_f1", "macro_f1", "weighted_f1",
                               "samples_f1", "micro_precision", "micro_recall", "macro_precision", "macro_recall",
                               "roc_auc")
-LOWER_IS_BETTER = ("loss", "hamming_loss")
+# Calibration of single-label probabilities (metrics.calibration_metrics): lower is better.
+CALIBRATION_METRICS = ("ece", "brier", "nll")
+LOWER_IS_BETTER = ("loss", "hamming_loss", *CALIBRATION_METRICS)
 # --metric picks the best model; roc_auc is left out because it is undefined when a class is missing.
 METRICS_FOR_SELECTION = (*[m for m in SCALAR_METRICS if m != "roc_auc"], "loss")
 MULTI_LABEL_METRICS_FOR_SELECTION = (*[m for m in MULTI_LABEL_SCALAR_METRICS if m != "roc_auc"], "loss")
 # --fail-under METRIC=VALUE fails when METRIC is below VALUE, so only higher-is-better metrics qualify.
 GATE_METRICS = tuple(dict.fromkeys(m for m in (*SCALAR_METRICS, *MULTI_LABEL_SCALAR_METRICS)
                                    if m not in LOWER_IS_BETTER))
+# --fail-under METRIC.lower=VALUE gates a bound of the metric's bootstrap interval instead of its point.
+GATE_BOUNDS = ("lower", "upper")
+# Every scalar metric a run of each task reports (eval's intervals, compare's differences).
+REPORTED_METRICS = {"single_label": (*SCALAR_METRICS, *CALIBRATION_METRICS, "loss"),
+                    "multi_label": (*MULTI_LABEL_SCALAR_METRICS, "loss")}
+COMPARE_METRICS = tuple(dict.fromkeys((*REPORTED_METRICS["single_label"], *REPORTED_METRICS["multi_label"])))
+MAX_BOOTSTRAP = 1_000_000
 
 
 def _check(condition: bool, flag: str, value: Any, requirement: str) -> None:
@@ -183,7 +192,12 @@ class EvalConfig:
     report_dir: Path | None = None
     quantize: str | None = None  # "int8": dynamic int8 Linear layers on the CPU
     threshold: str | None = None  # multi-label: override the tuned thresholds (0.4, or LABEL=VALUE,...)
-    gates: dict[str, float] = field(default_factory=dict)  # --fail-under METRIC=VALUE
+    gates: dict[str, float] = field(default_factory=dict)  # --fail-under METRIC=VALUE or METRIC.lower=VALUE
+    confidence: float = 0.95  # of the bootstrap intervals
+    bootstrap: int = 1000  # resamples; 0: no intervals
+    seed: int = 0  # of the resampling: the same seed gives the same intervals
+    junit: Path | None = None  # JUnit XML report: one testcase per gate
+    markdown: Path | None = None  # Markdown summary (for $GITHUB_STEP_SUMMARY)
 
     def __post_init__(self) -> None:
         _check(self.batch_size > 0, "--batch-size", self.batch_size, "Give a positive batch size.")
@@ -191,6 +205,60 @@ class EvalConfig:
                "Give 8 to 8192 tokens.")
         _check(self.truncation is None or self.truncation in TRUNCATION_STRATEGIES, "--truncation",
                self.truncation, f"Choose one of: {', '.join(TRUNCATION_STRATEGIES)}.")
+        check_bootstrap(self.confidence, self.bootstrap, self.seed)
+        bounded = [name for name in self.gates if "." in name]
+        if bounded and self.bootstrap == 0:
+            raise UsageError(f"Invalid value for --fail-under: {bounded[0]} gates a bound of the bootstrap "
+                             "interval, and --bootstrap 0 computes none.",
+                             hint="Drop --bootstrap 0, or gate the point value (for example macro_f1=0.85).")
+
+
+def check_bootstrap(confidence: float, bootstrap: int, seed: int) -> None:
+    """--confidence, --bootstrap and --seed of eval and compare."""
+    _check(math.isfinite(confidence) and 0.0 < confidence < 1.0, "--confidence", confidence,
+           "Give a level between 0 and 1, for example 0.95.")
+    _check(0 <= bootstrap <= MAX_BOOTSTRAP, "--bootstrap", bootstrap,
+           f"Give a number of resamples from 1 to {MAX_BOOTSTRAP:,} (1,000 is the default), or 0 for no intervals.")
+    _check(0 <= seed <= 2**32 - 1, "--seed", seed, "Give a seed from 0 to 4294967295.")
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """Settings of one `bertclf compare` run: two run directories scored on the same labelled rows."""
+
+    baseline_dir: Path
+    candidate_dir: Path
+    data_file: Path
+    text_column: str | None = None  # None: the baseline run's
+    label_column: str | None = None
+    text_pair_column: str | None = None
+    batch_size: int = 64
+    encoding: str | None = None
+    data_format: str | None = None
+    drop_empty: bool = False
+    cpu: bool = False
+    ignore_unknown_labels: bool = False
+    report_dir: Path | None = None  # disagreements.csv and comparison.json
+    confidence: float = 0.95
+    bootstrap: int = 1000
+    seed: int = 0
+    non_inferiority: dict[str, float] = field(default_factory=dict)  # METRIC=MARGIN
+    superiority: tuple[str, ...] = ()
+    junit: Path | None = None
+    markdown: Path | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size > 0, "--batch-size", self.batch_size, "Give a positive batch size.")
+        check_bootstrap(self.confidence, self.bootstrap, self.seed)
+        for name, margin in self.non_inferiority.items():
+            _check(margin >= 0, "--non-inferiority", f"{name}={margin}",
+                   "Give the margin the candidate may lose as a number of 0 or more, for example macro_f1=0.01.")
+        unknown = [name for name in self.superiority if name not in COMPARE_METRICS]
+        _check(not unknown, "--superiority", unknown[0] if unknown else None,
+               f"Choose one of: {', '.join(COMPARE_METRICS)}.")
+        if (self.non_inferiority or self.superiority) and self.bootstrap == 0:
+            raise UsageError("--non-inferiority and --superiority judge the bootstrap interval of the difference, "
+                             "and --bootstrap 0 computes none.", hint="Drop --bootstrap 0.")
 
 
 @dataclass(frozen=True)
@@ -223,7 +291,7 @@ class PredictConfig:
 
 
 def parse_name_values(items: list[str], allowed: list[str] | tuple[str, ...], flag: str,
-                      example: str) -> dict[str, float]:
+                      example: str, names_hint: str | None = None) -> dict[str, float]:
     """NAME=NUMBER items (--fail-under macro_f1=0.85, --class-weights pos=2) into {name: number}, with
     errors that name the flag, the item and the names allowed."""
     parsed: dict[str, float] = {}
@@ -232,7 +300,7 @@ def parse_name_values(items: list[str], allowed: list[str] | tuple[str, ...], fl
         name = name.strip()
         if not sep or name not in allowed:
             raise UsageError(f"Invalid value for {flag}: {item.strip()!r}.",
-                             hint=f"Write {example}, with names from: {', '.join(allowed)}.")
+                             hint=f"Write {example}, with names from: {names_hint or ', '.join(allowed)}.")
         try:
             parsed[name] = float(number)
         except ValueError:
@@ -243,5 +311,15 @@ def parse_name_values(items: list[str], allowed: list[str] | tuple[str, ...], fl
 
 
 def parse_gates(values: list[str], allowed: tuple[str, ...] = GATE_METRICS) -> dict[str, float]:
-    """--fail-under METRIC=VALUE, repeatable, into {metric: threshold}."""
-    return parse_name_values(values, allowed, "--fail-under", "METRIC=VALUE, for example macro_f1=0.85")
+    """--fail-under METRIC=VALUE or METRIC.lower=VALUE (the interval's lower bound; .upper too), repeatable,
+    into {"metric" or "metric.bound": threshold}."""
+    names = (*allowed, *(f"{metric}.{bound}" for metric in allowed for bound in GATE_BOUNDS))
+    return parse_name_values(values, names, "--fail-under", "METRIC=VALUE, for example macro_f1=0.85 or "
+                             "macro_f1.lower=0.85", names_hint=", ".join(allowed) + " (each may end in .lower "
+                             "or .upper: a bound of its bootstrap interval)")
+
+
+def parse_margins(values: list[str]) -> dict[str, float]:
+    """--non-inferiority METRIC=MARGIN, repeatable, into {metric: margin}."""
+    return parse_name_values(values, COMPARE_METRICS, "--non-inferiority", "METRIC=MARGIN, for example "
+                             "macro_f1=0.01")

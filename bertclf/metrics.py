@@ -32,6 +32,8 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[
         result["mcc"] = float(matthews_corrcoef(y_true, y_pred))
         p, r, f, support = precision_recall_fscore_support(y_true, y_pred, labels=ids, zero_division=0)
     result["roc_auc"] = _roc_auc(roc_auc_score, y_true, probs, len(labels))
+    if probs is not None:
+        result.update(calibration_metrics(probs, y_true))
     result["per_class"] = {
         label: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(support[i])}
         for i, label in enumerate(labels)
@@ -50,6 +52,40 @@ def _roc_auc(roc_auc_score, y_true: np.ndarray, probs: np.ndarray | None, num_la
     if num_labels == 2:
         return float(roc_auc_score(y_true, probs[:, 1]))
     return float(roc_auc_score(y_true, probs, multi_class="ovr", average="macro", labels=list(range(num_labels))))
+
+
+# Equal-width bins of the top probability for the expected calibration error (Guo et al. 2017 use 15).
+ECE_BINS = 15
+
+
+def confidence_bins(top: np.ndarray, bins: int = ECE_BINS) -> np.ndarray:
+    """Bin index of each top probability; bin b holds (b/bins, (b+1)/bins], bin 0 also 0 itself."""
+    return np.clip(np.ceil(top * bins).astype(np.int64) - 1, 0, bins - 1)
+
+
+def row_brier(probs: np.ndarray, y_true: np.ndarray) -> np.ndarray:
+    """Per row, the sum over classes of (probability - one-hot gold)^2 (the multi-class Brier score)."""
+    squared = np.square(probs.astype(np.float64))
+    rows = np.arange(len(y_true))
+    return squared.sum(axis=1) - 2 * probs[rows, y_true] + 1.0
+
+
+def row_nll(probs: np.ndarray, y_true: np.ndarray) -> np.ndarray:
+    """Per row, -log of the gold class's probability (clipped at 1e-12: a 0 would be infinite)."""
+    return -np.log(np.clip(probs[np.arange(len(y_true)), y_true].astype(np.float64), 1e-12, None))
+
+
+def calibration_metrics(probs: np.ndarray, y_true: np.ndarray) -> dict:
+    """Single-label calibration: ECE (15 equal-width bins on the top probability; 0 is perfectly
+    calibrated), Brier score (mean over rows of the squared distance to the one-hot gold, 0 to 2) and NLL."""
+    probs = np.asarray(probs, dtype=np.float64)
+    y_true = np.asarray(y_true, dtype=np.int64)
+    if len(y_true) == 0:
+        return {"ece": None, "brier": None, "nll": None}
+    top = probs.max(axis=1)
+    gap = np.bincount(confidence_bins(top), weights=(probs.argmax(axis=1) == y_true) - top, minlength=ECE_BINS)
+    return {"ece": float(np.abs(gap).sum() / len(y_true)), "brier": float(row_brier(probs, y_true).mean()),
+            "nll": float(row_nll(probs, y_true).mean())}
 
 
 def scalar_metrics(metrics: dict) -> dict:

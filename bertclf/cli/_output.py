@@ -32,15 +32,65 @@ def render_eval_report(report: dict[str, Any], *, as_json: bool) -> None:
     if as_json:
         console.print_json({k: v for k, v in report.items() if k != "errors"})
         return
-    from bertclf.metrics import scalar_metrics
-
     metrics = report["metrics"]
-    console.out.print(console.metrics_table(
-        scalar_metrics(metrics), title=Text(f"{report['data']['path']}: {report['rows_evaluated']} rows")))
+    console.out.print(_metrics_with_intervals(report, title=Text(f"{report['data']['path']}: "
+                                                                  f"{report['rows_evaluated']} rows")))
     multi_label = report.get("task") == "multi_label"
     console.out.print(_per_class_table(metrics["per_class"], multi_label))
     if not multi_label:  # a label set has no single confusion matrix; per-label counts are in --json
         console.out.print(_confusion_table(metrics["confusion_matrix"]))
+
+
+def _metrics_with_intervals(report: dict[str, Any], title) -> Table:
+    """Every scalar metric, with its bootstrap interval where one was computed."""
+    from bertclf.ci_reports import ci_label
+    from bertclf.metrics import scalar_metrics
+
+    intervals = report.get("intervals")
+    table = Table(title=title, header_style="bold")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    if intervals is not None:
+        table.add_column(ci_label(report["bootstrap"]["confidence"]), justify="right")
+    for name, value in scalar_metrics(report["metrics"]).items():
+        cells = [Text(name), f"{value:.4f}" if isinstance(value, float) else str(value)]
+        if intervals is not None:
+            interval = intervals.get(name)
+            cells.append("" if interval is None else f"[{interval[0]:.4f}, {interval[1]:.4f}]")
+        table.add_row(*cells)
+    return table
+
+
+def render_compare_report(report: dict[str, Any], *, as_json: bool) -> None:
+    if as_json:
+        console.print_json({k: v for k, v in report.items() if k != "disagreements"})
+        return
+    from bertclf.ci_reports import ci_label
+
+    confidence = (report.get("bootstrap") or {}).get("confidence")
+    table = Table(title=Text(f"{report['data']['path']}: {report['rows_compared']} rows, candidate minus "
+                             "baseline"), header_style="bold")
+    for column in ("metric", "baseline", "candidate", "difference", ci_label(confidence)):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for name, diff in report["differences"].items():
+        interval = diff["interval"]
+        table.add_row(Text(name), *[_number(diff[key]) for key in ("baseline", "candidate")],
+                      _number(diff["difference"], signed=True),
+                      "" if interval is None else f"[{interval[0]:+.4f}, {interval[1]:+.4f}]")
+    console.out.print(table)
+    mcnemar = report["mcnemar"]
+    console.out.print(Text(f"McNemar's exact test: {mcnemar['baseline_only']} rows only the baseline got right, "
+                           f"{mcnemar['candidate_only']} only the candidate; p = {mcnemar['p_value']:.4g}. "
+                           f"The predictions differ on {report['rows_disagreeing']} rows."))
+    for check in report["checks"]:
+        console.out.print(Text.assemble(("pass" if check["passed"] else "FAIL",
+                                         "green" if check["passed"] else "bold red"), " ", check["message"]))
+
+
+def _number(value, signed: bool = False) -> str:
+    if value is None:
+        return "undefined"
+    return f"{value:+.4f}" if signed else f"{value:.4f}"
 
 
 def _per_class_table(per_class: dict[str, dict], multi_label: bool) -> Table:

@@ -32,25 +32,35 @@ def eval_command(
                            "Default: from the file extension.")] = None,
     drop_empty: Annotated[bool, typer.Option(help="Leave out rows with an empty text, with a warning.")] = False,
     fail_under: Annotated[list[str] | None, typer.Option(metavar="METRIC=VALUE", help="Exit 1 when METRIC is below "
-                          "VALUE, e.g. macro_f1=0.85. Repeatable.")] = None,
+                          "VALUE, e.g. macro_f1=0.85; macro_f1.lower=0.85 gates the lower bound of its "
+                          "interval. Repeatable.")] = None,
     ignore_unknown_labels: Annotated[bool, typer.Option(help="Leave out rows whose label the model never saw "
                                      "(default: error, exit 65).")] = False,
     output: Annotated[Path | None, typer.Option("--output", "--report-dir", "-o", help="Write metrics.json, "
-                      "confusion_matrix.csv/.png and errors.csv here.")] = None,
+                      "confusion_matrix.csv/.png, reliability_diagram.png and errors.csv here.")] = None,
     cpu: Annotated[bool, typer.Option(help="Run on the CPU even if a GPU is present.")] = False,
     quantize: Annotated[str | None, typer.Option(help="int8: score the dynamically quantized model (CPU), to "
                         "check its accuracy before predicting with it.")] = None,
     threshold: Annotated[str | None, typer.Option(help="Multi-label runs: decision threshold for every label "
                          "(0.4) or some (toxic=0.3,spam=0.7), instead of those tuned in training.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
+    confidence: Annotated[float, typer.Option(help="Confidence level of the bootstrap intervals.")] = 0.95,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples of the rows for the intervals; 0: none.")]
+    = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the resampling (the same seed gives the same intervals).")] = 0,
+    junit: Annotated[Path | None, typer.Option(help="Write a JUnit XML report here: one testcase per gate, the "
+                     "metrics as properties.")] = None,
+    markdown: Annotated[Path | None, typer.Option(help="Write a Markdown summary here (metrics, intervals, "
+                        "gates), e.g. to append to $GITHUB_STEP_SUMMARY.")] = None,
 ) -> None:
-    """Score a trained run on a labelled file: accuracy, precision/recall/F1, MCC, ROC-AUC, per class.
+    """Score a trained run on a labelled file: accuracy, precision/recall/F1, MCC, ROC-AUC, calibration (ECE,
+    Brier, NLL), per class; each with a bootstrap confidence interval.
 
     Examples:
 
         bertclf eval runs/topics examples/en_topics_test.csv
 
-        bertclf eval runs/topics test.csv --fail-under macro_f1=0.85 --json > report.json
+        bertclf eval runs/topics test.csv --fail-under macro_f1.lower=0.85 --json > report.json
     """
     with user_errors():
         config = EvalConfig(run_dir=run_dir, data_file=data, text_column=text_column, label_column=label_column,
@@ -58,7 +68,8 @@ def eval_command(
                             batch_size=batch_size, max_length=max_length, truncation=truncation, encoding=encoding,
                             data_format=data_format, drop_empty=drop_empty, cpu=cpu,
                             ignore_unknown_labels=ignore_unknown_labels, report_dir=output, quantize=quantize,
-                            gates=parse_gates(fail_under or []))
+                            gates=parse_gates(fail_under or []), confidence=confidence, bootstrap=bootstrap,
+                            seed=seed, junit=junit, markdown=markdown)
         from bertclf.evaluation import run_eval
 
         report = run_eval(config)
