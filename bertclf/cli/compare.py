@@ -22,10 +22,12 @@ def compare(
     data: Annotated[Path, typer.Argument(help="Labelled file both runs score (CSV, TSV, JSON, JSONL).",
                                          show_default=False)],
     non_inferiority: Annotated[list[str] | None, typer.Option(metavar="METRIC=MARGIN", help="Exit 1 unless the "
-                               "candidate is worse by less than MARGIN: the lower bound of the difference's "
-                               "interval must be at least -MARGIN, e.g. macro_f1=0.01. Repeatable.")] = None,
+                               "candidate is worse by at most MARGIN: the lower bound of the difference's "
+                               "interval must be at least -MARGIN (for a loss or calibration error, the upper "
+                               "bound at most +MARGIN), e.g. macro_f1=0.01. Repeatable.")] = None,
     superiority: Annotated[list[str] | None, typer.Option(metavar="METRIC", help="Exit 1 unless the candidate is "
-                           "better: the lower bound of the difference's interval must be above 0. Repeatable.")]
+                           "better: the lower bound of the difference's interval must be above 0 (for a loss "
+                           "or calibration error, the upper bound below 0). Repeatable.")]
     = None,
     text_column: Annotated[str | None, typer.Option(help="Text column. Default: the baseline's.")] = None,
     label_column: Annotated[str | None, typer.Option(help="Label column. Default: the baseline's.")] = None,
