@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES, ROOT, read_shared
+from conftest import EXAMPLES, ROOT, read_shared, run_bertclf
 
 from bertclf.errors import EXIT_DATA, EXIT_OK, EXIT_USAGE
 
@@ -335,3 +335,37 @@ def test_two_concurrent_predicts_never_mix_or_swap_outputs(tmp_path, tiny_run):
     assert len(rows) in {count for _, count in inputs}
     assert [row["id"] for row in rows] == list(range(1, len(rows) + 1))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt", "out.jsonl"]
+
+
+def test_dev_stdout_as_output_writes_to_stdout(tmp_path, tiny_run):
+    result = run_bertclf("predict", tiny_run, _predict_input(tmp_path), "-o", "/dev/stdout", "--cpu")
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == N
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode) and os.path.islink("/dev/stdout")
+
+
+def test_atomic_output_failures_leave_the_target_and_no_temporary_file(tmp_path, monkeypatch):
+    import errno
+
+    from bertclf.errors import EXIT_IO, OutputError
+    from bertclf.runinfo import write_json_atomic
+    from bertclf.safe_write import atomic_output
+
+    target = tmp_path / "metrics.json"
+    target.write_text("old\n")
+    with pytest.raises(RuntimeError), atomic_output(target) as handle:
+        handle.write("half")
+        raise RuntimeError("the writer failed midway")
+    assert target.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OutputError) as info:
+        write_json_atomic(target, {"new": True})
+    assert info.value.exit_code == EXIT_IO and str(target) in info.value.message
+    assert "No space left" in info.value.message
+    assert target.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+    with pytest.raises(OutputError, match="is a directory"):
+        write_json_atomic(tmp_path, {})
