@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,7 +156,7 @@ class Predictor:
                      for row in chunk]
             yield from zip(chunk, self.predict(items, top_k=top_k, batch_size=batch_size), strict=True)
             if live:
-                sys.stdout.flush()
+                console.stdout.flush()
 
     def predict_file(self, config: PredictConfig, source: RowSource | None = None) -> PredictSummary:
         """`bertclf predict`: read the input (file, stdin or --text), write one output row per input row, in

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
+from bertclf import console
 from bertclf.config import TEXT_COLUMN_CANDIDATES
 from bertclf.data import (
     AUTO_ENCODINGS,
@@ -320,7 +321,7 @@ class RowWriter:
         self.output, self.format = output, fmt
         self._file = AtomicFile(output, "w", encoding="utf-8", newline="", what=f"--output {output}") \
             if output is not None else None
-        self.handle = self._file.handle if self._file is not None else sys.stdout
+        self.handle = self._file.handle if self._file is not None else console.stdout
         self._csv: csv.DictWriter | None = None
 
     def write(self, row: dict) -> None:
