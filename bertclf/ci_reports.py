@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -23,13 +24,19 @@ _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 def write_bytes(path: Path, data: bytes, what: str) -> None:
     """Write `data` to `path` through a temporary file in the same directory and a rename; the parent
-    directory is created. `what` names the target in errors (for example "--junit report.xml")."""
-    path = Path(path)
+    directory is created. A symlink is written through (its target replaced, the link kept); a device or FIFO
+    (`--markdown /dev/stdout`) is written to directly, never replaced. `what` names the target in errors."""
+    target = Path(os.path.realpath(path))
     try:
-        if path.is_dir():
+        info = os.stat(target) if target.exists() else None
+        if info is not None and stat.S_ISDIR(info.st_mode):
             raise OutputError(f"Cannot write {what}: it is a directory.", hint="Give a file name.")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        if info is not None and not stat.S_ISREG(info.st_mode):
+            with open(target, "wb") as handle:
+                handle.write(data)
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     except OSError as exc:
         raise OutputError(f"Cannot write {what}: {exc.strerror or exc}.",
                           hint="Check that the directory exists and is writable.") from None
@@ -39,7 +46,7 @@ def write_bytes(path: Path, data: bytes, what: str) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a report is as readable as any new file
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except OSError as exc:
         try:
             os.unlink(tmp)

@@ -174,7 +174,7 @@ def evaluate_rows(config) -> tuple[dict, object]:
         "truncated": encoded.truncated,
         "sequences": len(encoded),
         **predictor.spec.to_dict(),
-        "metrics": score(rows.probs, space.targets([data.labels[i] for i in keep]), space, predictor.thresholds),
+        "metrics": score(rows.probs, rows.gold, space, predictor.thresholds),
         "timings": {"load_seconds": round(load_seconds, 3), "predict_seconds": round(predict_seconds, 3),
                     "texts_per_second": round(len(texts) / max(predict_seconds, 1e-9), 1)},
         "errors": _errors(data, keep, texts, pairs, rows.gold, rows.predicted, rows.probs, space),

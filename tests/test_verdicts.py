@@ -322,3 +322,24 @@ def test_compare_help_imports_nothing_heavy():
             "if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "HEAVY="
+
+
+def test_reports_are_written_whole_through_links_and_to_devices(tmp_path):
+    import os
+
+    from bertclf.ci_reports import write_bytes
+
+    real = tmp_path / "real.md"
+    real.write_text("old", encoding="utf-8")
+    (tmp_path / "link.md").symlink_to(real)
+    write_bytes(tmp_path / "link.md", b"new", "--markdown link.md")
+    assert (tmp_path / "link.md").is_symlink() and real.read_text(encoding="utf-8") == "new"
+    write_bytes(os.devnull, b"x", "--markdown /dev/null")  # a device is written to, never replaced
+    assert not os.path.isfile(os.devnull)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.md", "real.md"]
+
+
+def test_compare_output_into_a_run_directory_is_refused(tiny_run, cli):
+    code, _, stderr = cli("compare", tiny_run, tiny_run, TEST_FILE, "--cpu", "-o", tiny_run)
+    assert code == EXIT_USAGE and "run directory" in stderr
+    assert not (tiny_run / "disagreements.csv").exists()
