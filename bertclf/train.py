@@ -430,6 +430,8 @@ def start_loop(run: TrainingRun, manifest: dict, data: TrainingData) -> Training
                                                            if isinstance(v, (int, float, str, bool))})
     best_metrics = (json.loads((output / "metrics.json").read_text())
                     if config.resume and (output / "metrics.json").is_file() else {})
+    if state.best_loss is None and best_metrics.get("step") == state.best_step:
+        state.best_loss = best_metrics.get("loss")  # a checkpoint from before best_loss was kept
     return TrainingLoop(run, log, fingerprint, state, pending_rng, best_metrics)
 
 

@@ -31,6 +31,7 @@ class LoopState:
     batches_in_epoch: int = 0  # batches of the current epoch already trained on
     best_value: float | None = None
     best_step: int = 0
+    best_loss: float | None = None  # validation loss of the best step: breaks ties on --metric
     evals_without_improvement: int = 0
     stopped_early: bool = False
     loss_sum: float = 0.0  # running loss since the last train_log line
@@ -153,6 +154,19 @@ def interrupted_error(signum: int, saved: Path | None, config: TrainConfig) -> I
                                 f"{saved}.", hint=f"Resume with: bertclf {argv} --resume")
     error.exit_code = EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM
     return error
+
+
+def is_better(value: float, loss: float, best_value: float | None, best_loss: float | None,
+              greater_is_better: bool) -> bool:
+    """Does an evaluation with `value` on --metric and validation `loss` beat the best so far? A tie on the
+    metric goes to the lower loss: on small validation sets ties are common, and keeping the first tied
+    step kept an under-trained model (the demo kept loss 0.98 where a later tied step had 0.69). A best
+    without a recorded loss (a checkpoint written before losses were kept) wins its ties."""
+    if best_value is None:
+        return True
+    if value == best_value:
+        return best_loss is not None and loss < best_loss
+    return value > best_value if greater_is_better else value < best_value
 
 
 class TrainingLoop:
@@ -292,10 +306,10 @@ class TrainingLoop:
         metrics = score(probs, run.val_targets, run.space,
                         tune_thresholds(probs, run.val_targets) if config.multi_label else None)
         value = metrics[config.metric]
-        improved = state.best_value is None or (
-            value > state.best_value if config.greater_is_better else value < state.best_value)
+        improved = is_better(value, metrics["loss"], state.best_value, state.best_loss, config.greater_is_better)
         if improved:
             state.best_value, state.best_step, self.best_metrics = value, state.step, metrics
+            state.best_loss = metrics["loss"]
             state.evals_without_improvement = 0
             self._save_best(metrics)
         else:

@@ -184,3 +184,39 @@ def test_class_weights_balanced_and_explicit(tmp_path, cli, tiny_model_dir):
 
     code, _, stderr = cli(*common, "-o", tmp_path / "bad", "--class-weights", "gadgets=2")
     assert code == EXIT_USAGE and "--class-weights" in stderr
+
+
+def test_is_better_breaks_ties_on_the_metric_by_the_lower_loss():
+    from bertclf.train_loop import is_better
+
+    assert is_better(0.5, 0.9, None, None, greater_is_better=True)  # the first evaluation
+    assert is_better(0.6, 0.9, 0.5, 0.1, greater_is_better=True)
+    assert not is_better(0.4, 0.1, 0.5, 0.9, greater_is_better=True)
+    assert is_better(0.5, 0.69, 0.5, 0.98, greater_is_better=True)  # tied: the lower loss wins
+    assert not is_better(0.5, 0.98, 0.5, 0.69, greater_is_better=True)
+    assert not is_better(0.5, 0.69, 0.5, 0.69, greater_is_better=True)  # a full tie keeps the earlier step
+    assert is_better(0.2, 0.5, 0.3, 0.4, greater_is_better=False)  # hamming_loss: lower is better
+    assert not is_better(0.5, 0.1, 0.5, None, greater_is_better=True)  # no recorded loss: the earlier step
+
+
+def test_a_tie_on_the_metric_keeps_the_step_with_the_lower_validation_loss(tiny_model_dir, tmp_path, cli):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
+    # At the auto rate the tiny BERT still predicts one class everywhere after 2 epochs: every evaluation
+    # ties on macro-F1 while the validation loss keeps falling.
+    code, _, stderr = cli("train", EXAMPLES / "en_topics.csv", "-m", tiny_model_dir, "-o", out, "--epochs", "2",
+                          "--eval-every", "7", "--save-every", "7", "--keep", "10", "--cpu")
+    assert code == 0, stderr
+    evals = [r for r in map(json.loads, (out / "train_log.jsonl").read_text().splitlines()) if r["type"] == "eval"]
+    top = max(r["val_macro_f1"] for r in evals)
+    tied = [r for r in evals if r["val_macro_f1"] == top]
+    assert len(tied) >= 2, evals  # the situation under test
+    kept = min(tied, key=lambda r: r["val_loss"])
+    assert kept["step"] != tied[0]["step"]  # the old rule (first tied step) would have kept another one
+    assert json.loads((out / "bertclf.json").read_text())["best_step"] == kept["step"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["step"] == kept["step"] and metrics["loss"] == pytest.approx(kept["val_loss"])
+    saved, at_step = load_file(str(out / "model.safetensors")), load_file(
+        str(out / "checkpoints" / f"step-{kept['step']}" / "model.safetensors"))
+    assert all(bool((saved[k] == at_step[k]).all()) for k in saved)  # the run holds that step's weights
