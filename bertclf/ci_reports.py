@@ -153,8 +153,10 @@ def _md(text) -> str:
     return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
 
 
-def _ci(interval) -> str:
-    return "" if interval is None else f"[{interval[0]:.4f}, {interval[1]:.4f}]"
+def _ci(interval, signed: bool = False) -> str:
+    if interval is None:
+        return ""
+    return f"[{interval[0]:+.4f}, {interval[1]:+.4f}]" if signed else f"[{interval[0]:.4f}, {interval[1]:.4f}]"
 
 
 def ci_label(confidence: float | None) -> str:
@@ -199,14 +201,14 @@ def compare_markdown(report: dict) -> str:
              "| --- | ---: | ---: | ---: | ---: |"]
     for name, diff in report["differences"].items():
         lines.append(f"| {name} | {_fmt(diff['baseline'])} | {_fmt(diff['candidate'])} | "
-                     f"{_signed(diff['difference'])} | {_ci(diff['interval'])} |")
+                     f"{_signed(diff['difference'])} | {_ci(diff['interval'], signed=True)} |")
     lines += ["", f"McNemar's exact test: {mcnemar['baseline_only']} rows only the baseline got right, "
               f"{mcnemar['candidate_only']} only the candidate; p = {mcnemar['p_value']:.4g}.", ""]
     if report["checks"]:
         lines += [f"**Verdict: {report['verdict'].upper()}**", "",
                   "| check | difference | bound | threshold | result |", "| --- | ---: | ---: | ---: | --- |"]
         for check in report["checks"]:
-            lines.append(f"| {check['name']} | {_signed(check['difference'])} | {_fmt(check['value'])} "
+            lines.append(f"| {check['name']} | {_signed(check['difference'])} | {_signed(check['value'])} "
                          f"({check['bound']}) | {check['threshold']:+g} | "
                          f"{'pass' if check['passed'] else '**FAIL**'} |")
     else:
