@@ -15,6 +15,7 @@ TEXT_COLUMN_CANDIDATES = ("text", "sentence", "content", "review")
 LABEL_COLUMN_CANDIDATES = ("label", "labels", "target", "category")
 
 TRUNCATION_STRATEGIES = ("head", "tail", "head+tail")
+BACKENDS = ("torch", "onnx")  # onnx: the run's onnx/model.onnx (bertclf export) on onnxruntime
 LONG_TEXT_MODES = ("truncate", "chunks")  # chunks: overlapping windows, probabilities averaged per text
 REPORT_TO = ("none", "tensorboard", "wandb", "mlflow")
 MIXED_PRECISION_MODES = ("auto", "no", "fp16", "bf16")
@@ -192,6 +193,7 @@ class EvalConfig:
     report_dir: Path | None = None
     quantize: str | None = None  # "int8": dynamic int8 Linear layers on the CPU
     threshold: str | None = None  # multi-label: override the tuned thresholds (0.4, or LABEL=VALUE,...)
+    backend: str = "torch"  # or "onnx": the run's onnx/model.onnx (bertclf export) on onnxruntime
     gates: dict[str, float] = field(default_factory=dict)  # --fail-under METRIC=VALUE or METRIC.lower=VALUE
     confidence: float = 0.95  # of the bootstrap intervals
     bootstrap: int = 1000  # resamples; 0: no intervals
@@ -206,11 +208,17 @@ class EvalConfig:
         _check(self.truncation is None or self.truncation in TRUNCATION_STRATEGIES, "--truncation",
                self.truncation, f"Choose one of: {', '.join(TRUNCATION_STRATEGIES)}.")
         check_bootstrap(self.confidence, self.bootstrap, self.seed)
+        check_backend(self.backend)
         bounded = [name for name in self.gates if "." in name]
         if bounded and self.bootstrap == 0:
             raise UsageError(f"Invalid value for --fail-under: {bounded[0]} gates a bound of the bootstrap "
                              "interval, and --bootstrap 0 computes none.",
                              hint="Drop --bootstrap 0, or gate the point value (for example macro_f1=0.85).")
+
+
+def check_backend(backend: str) -> None:
+    """--backend of predict, eval and serve."""
+    _check(backend in BACKENDS, "--backend", backend, f"Choose one of: {', '.join(BACKENDS)}.")
 
 
 def check_bootstrap(confidence: float, bootstrap: int, seed: int) -> None:
@@ -282,8 +290,10 @@ class PredictConfig:
     encoding: str | None = None
     cpu: bool = False
     quantize: str | None = None
+    backend: str = "torch"  # or "onnx": the run's onnx/model.onnx (bertclf export) on onnxruntime
 
     def __post_init__(self) -> None:
+        check_backend(self.backend)
         if (self.input is None) == (not self.texts):
             raise UsageError("Give either an INPUT file (or - for stdin) or --text, not both and not neither.")
         _check(self.top_k >= 1, "--top-k", self.top_k, "Give 1 or more.")

@@ -158,7 +158,7 @@ def evaluate_rows(config) -> tuple[dict, object]:
     data = read_eval_data(config, manifest)
     predictor = Predictor.from_dir(config.run_dir, cpu=config.cpu, max_length=config.max_length,
                                    truncation=config.truncation, quantize=config.quantize,
-                                   threshold=config.threshold)
+                                   threshold=config.threshold, backend=config.backend)
     space = predictor.space
     keep = known_rows(data, space, config)
     load_seconds = time.perf_counter() - started

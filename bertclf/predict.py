@@ -11,7 +11,7 @@ import numpy as np
 
 from bertclf import console
 from bertclf.batching import fixed_chunks, timed_chunks
-from bertclf.config import PredictConfig
+from bertclf.config import BACKENDS, PredictConfig
 from bertclf.encoding import Encoded, EncodingSpec, encode
 from bertclf.errors import UsageError
 from bertclf.labels import DEFAULT_THRESHOLD, LabelSpace, parse_threshold_option
@@ -78,17 +78,27 @@ class Predictor:
     @classmethod
     def from_dir(cls, run_dir: Path | str, *, cpu: bool = False, max_length: int | None = None,
                  truncation: str | None = None, quantize: str | None = None,
-                 threshold: str | None = None) -> Predictor:
+                 threshold: str | None = None, backend: str = "torch") -> Predictor:
+        """Load a run. backend "onnx" runs RUN_DIR/onnx/model.onnx (model_quantized.onnx with quantize int8)
+        with onnxruntime on the CPU, in the same inference engine; it needs no model.safetensors."""
         import torch
 
-        from bertclf.model import load_run
+        if backend not in BACKENDS:
+            raise UsageError(f"Invalid value for --backend: {backend!r}. Choose one of: {', '.join(BACKENDS)}.")
+        if quantize is not None and quantize != "int8":
+            raise UsageError(f"Invalid value for --quantize: {quantize!r}. The only mode is int8.")
+        if backend == "onnx":
+            manifest, tokenizer, model = _load_onnx_run(Path(run_dir), quantize)
+        else:
+            from bertclf.model import load_run
 
-        manifest, tokenizer, model = load_run(Path(run_dir))
+            manifest, tokenizer, model = load_run(Path(run_dir))
         if not manifest.get("completed", False):
             console.warn(f"{run_dir}: training did not finish (bertclf.json has completed: false); "
                          "using the best model saved so far.")
-        device = torch.device("cuda" if torch.cuda.is_available() and not cpu and not quantize else "cpu")
-        if quantize:
+        device = torch.device("cuda" if torch.cuda.is_available() and not cpu and not quantize
+                              and backend == "torch" else "cpu")
+        if quantize and backend == "torch":
             model = quantize_int8(model, quantize)
         model.to(device)
         return cls(Path(run_dir), manifest, tokenizer, model, device, max_length=max_length, truncation=truncation,
@@ -225,7 +235,7 @@ def run_predict(config: PredictConfig) -> PredictSummary:
 
     source = open_rows(config, read_manifest(config.run_dir))
     predictor = Predictor.from_dir(config.run_dir, cpu=config.cpu, quantize=config.quantize,
-                                   threshold=config.threshold)
+                                   threshold=config.threshold, backend=config.backend)
     summary = predictor.predict_file(config, source)
     if summary.empty:
         console.warn(f"{summary.empty} of {summary.rows} input row(s) had an empty text; their label is left "
@@ -240,6 +250,22 @@ def _split_items(items: Sequence[Item]) -> tuple[list[str], list[str] | None]:
     if all(isinstance(item, tuple) and len(item) == 2 for item in items):
         return [item[0] for item in items], [item[1] for item in items]
     raise UsageError("Give either texts or (text, second text) pairs, not a mix.")
+
+
+def _load_onnx_run(run_dir: Path, quantize: str | None):
+    """(manifest, tokenizer, OnnxClassifier) of an exported run: bertclf.json, config.json and the tokenizer
+    checked as for torch, the weights read from the ONNX file instead of model.safetensors."""
+    from transformers import BertConfig
+
+    from bertclf.model import _check_config, load_tokenizer, quiet_transformers, read_manifest
+    from bertclf.onnx_backend import OnnxClassifier, onnx_path
+
+    quiet_transformers()
+    manifest = read_manifest(run_dir)
+    _check_config(run_dir, manifest["labels"])
+    tokenizer = load_tokenizer(run_dir)
+    config = BertConfig.from_pretrained(str(run_dir), local_files_only=True)
+    return manifest, tokenizer, OnnxClassifier.from_file(onnx_path(run_dir, quantize), config)
 
 
 def quantize_int8(model, mode: str):

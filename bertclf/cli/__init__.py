@@ -4,6 +4,8 @@
     evaluate.py  bertclf eval      -> bertclf.evaluation.run_eval
     compare.py   bertclf compare   -> bertclf.compare.run_compare
     predict.py   bertclf predict   -> bertclf.predict.run_predict
+    export.py    bertclf export    -> bertclf.export.export_run
+    serve.py     bertclf serve     -> bertclf.serving.serve
     inspect.py   bertclf inspect   -> bertclf.inspection.inspect_file
 
 Each command module declares its options, builds a config, calls one core function and hands the result to
@@ -24,8 +26,10 @@ from bertclf.cli._cli_utils import normalize_resume, version_callback
 from bertclf.cli._errors import debug_enabled, exit_code_after_flush, silence_stdout
 from bertclf.cli.compare import compare
 from bertclf.cli.evaluate import eval_command
+from bertclf.cli.export import export
 from bertclf.cli.inspect import inspect
 from bertclf.cli.predict import predict
+from bertclf.cli.serve import serve
 from bertclf.cli.train import train
 from bertclf.errors import EXIT_IO, UsageError
 
@@ -53,6 +57,8 @@ app.command("eval")(eval_command)
 app.command()(compare)
 app.command()(predict)
 app.command()(inspect)
+app.command()(export)
+app.command()(serve)
 
 
 def main() -> None:

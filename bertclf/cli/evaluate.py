@@ -41,6 +41,8 @@ def eval_command(
     cpu: Annotated[bool, typer.Option(help="Run on the CPU even if a GPU is present.")] = False,
     quantize: Annotated[str | None, typer.Option(help="int8: score the dynamically quantized model (CPU), to "
                         "check its accuracy before predicting with it.")] = None,
+    backend: Annotated[str, typer.Option(help="torch, or onnx: the model `bertclf export` wrote to RUN_DIR/onnx, "
+                       "on onnxruntime (CPU); with --quantize int8, its int8 file.")] = "torch",
     threshold: Annotated[str | None, typer.Option(help="Multi-label runs: decision threshold for every label "
                          "(0.4) or some (toxic=0.3,spam=0.7), instead of those tuned in training.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
@@ -66,7 +68,7 @@ def eval_command(
         config = EvalConfig(run_dir=run_dir, data_file=data, text_column=text_column, label_column=label_column,
                             text_pair_column=text_pair_column, threshold=threshold,
                             batch_size=batch_size, max_length=max_length, truncation=truncation, encoding=encoding,
-                            data_format=data_format, drop_empty=drop_empty, cpu=cpu,
+                            data_format=data_format, drop_empty=drop_empty, cpu=cpu, backend=backend,
                             ignore_unknown_labels=ignore_unknown_labels, report_dir=output, quantize=quantize,
                             gates=parse_gates(fail_under or []), confidence=confidence, bootstrap=bootstrap,
                             seed=seed, junit=junit, markdown=markdown)

@@ -38,7 +38,9 @@ def predict(
     encoding: Annotated[str | None, typer.Option(help="Input encoding. Default: UTF-8, then GB18030.")] = None,
     cpu: Annotated[bool, typer.Option(help="Run on the CPU even if a GPU is present.")] = False,
     quantize: Annotated[str | None, typer.Option(help="int8: dynamic int8 quantization of the linear layers for "
-                        "faster CPU inference (runs on the CPU).")] = None,
+                        "faster CPU inference (runs on the CPU); with --backend onnx, the int8 ONNX model.")] = None,
+    backend: Annotated[str, typer.Option(help="torch, or onnx: the model `bertclf export` wrote to RUN_DIR/onnx, "
+                       "on onnxruntime (CPU).")] = "torch",
 ) -> None:
     """Classify new texts with a trained run; one output row per input row, in input order.
 
@@ -55,7 +57,8 @@ def predict(
                                text_pairs=tuple(text_pair or ()), output=output, output_format=output_format,
                                input_format=input_format, text_column=text_column, text_pair_column=text_pair_column,
                                threshold=threshold, top_k=top_k, all_probs=all_probs, keep_columns=keep_columns,
-                               batch_size=batch_size, encoding=encoding, cpu=cpu, quantize=quantize)
+                               batch_size=batch_size, encoding=encoding, cpu=cpu, quantize=quantize,
+                               backend=backend)
         from bertclf.predict import run_predict
 
         summary = run_predict(config)
