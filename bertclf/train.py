@@ -28,15 +28,20 @@ from bertclf.data import (
     unknown_labels,
 )
 from bertclf.encoding import EncodedDataset, EncodingSpec, LengthGroupedSampler, encode_cached, padding_collator
-from bertclf.errors import DataError, OutputError, UsageError
+from bertclf.errors import DataError, InputMissingError, UsageError
 from bertclf.labels import LabelSpace, rarest_label_keys, tune_thresholds
 from bertclf.metrics import scalar_metrics
+from bertclf.run_lock import RunDirectory
 from bertclf.runinfo import MANIFEST, model_card, write_json_atomic
-from bertclf.train_loop import LoopState, TrainingLoop, TrainingRun, TrainLog, resume, truncate_log
-
-# Files a run writes; --overwrite removes these (and only these) from an earlier run in the same place.
-RUN_FILES = ("config.json", "model.safetensors", "vocab.txt", "tokenizer.json", "tokenizer_config.json",
-             "special_tokens_map.json", MANIFEST, "metrics.json", "train_log.jsonl", "README.md")
+from bertclf.train_loop import (
+    LoopState,
+    TrainingLoop,
+    TrainingRun,
+    TrainLog,
+    find_resume_checkpoint,
+    resume,
+    truncate_log,
+)
 
 
 @dataclass
@@ -78,19 +83,33 @@ def train(config: TrainConfig) -> TrainResult:
     data = prepare_data(config)
     output = config.output or default_output_dir(config.train_file)
     accelerator, mixed_precision = make_accelerator(config, output)
+    run_dir = RunDirectory(output, overwrite=config.overwrite, resume=bool(config.resume))
     if accelerator.is_main_process:
-        prepare_output_dir(output, config.overwrite, resume=bool(config.resume))
-    accelerator.wait_for_everyone()
-    from accelerate.utils import set_seed
+        run_dir.claim()  # locked until train() returns; undone if the run fails before keeping anything
+    failed = True
+    try:
+        accelerator.wait_for_everyone()
+        from accelerate.utils import set_seed
 
-    set_seed(config.seed)
-    if accelerator.is_main_process:
-        for warning in data.warnings:
-            console.warn(warning)
-    run, manifest = build_run(config, data, output, accelerator, mixed_precision)
-    loop = start_loop(run, manifest, data)
-    loop.run_all()
-    return finish_run(run, loop, manifest, data, started)
+        set_seed(config.seed)
+        if accelerator.is_main_process:
+            for warning in data.warnings:
+                console.warn(warning)
+        fingerprint = checkpoint.fingerprint(config.to_dict(), data.hashes(), data.labels)
+        resumed = find_resume_checkpoint(config, output, fingerprint) if config.resume else None
+        run, manifest = build_run(config, data, run_dir, accelerator, mixed_precision)
+        loop = start_loop(run, manifest, fingerprint, resumed)
+        try:
+            loop.run_all()
+        finally:
+            if loop.checkpoints_written:  # resumable: an interrupted or failed run keeps its checkpoints
+                run_dir.keep()
+        run_dir.keep()  # the loop finished: its best model is worth keeping
+        result = finish_run(run, loop, manifest, data, started)
+        failed = False
+        return result
+    finally:
+        run_dir.close(failed)
 
 
 # -- Phase 1: the data ------------------------------------------------------------------------------------
@@ -111,6 +130,13 @@ class TrainingData:
     val_pairs: list[str] | None
     val_targets: Any
     warnings: list[str]
+    loss_weights: list[float] | None  # from --class-weights, checked against the labels here
+
+
+    def hashes(self) -> dict[str, str]:
+        """sha256 of the training file and of the validation file, if one was given."""
+        files = {"train": self.train, "validation": self.validation}
+        return {split: data.table.sha256 for split, data in files.items() if data is not None}
 
 
 def prepare_data(config: TrainConfig) -> TrainingData:
@@ -120,12 +146,14 @@ def prepare_data(config: TrainConfig) -> TrainingData:
     train_texts = [train_data.texts[i] for i in train_idx]
     val_texts = [val_source.texts[i] for i in val_idx]
     train_labels = [train_data.labels[i] for i in train_idx]
+    train_targets = space.targets(train_labels)
     return TrainingData(
         train=train_data, validation=val_data, labels=labels, space=space,
-        train_texts=train_texts, train_pairs=train_data.pairs_at(train_idx), train_targets=space.targets(train_labels),
+        train_texts=train_texts, train_pairs=train_data.pairs_at(train_idx), train_targets=train_targets,
         val_texts=val_texts, val_pairs=val_source.pairs_at(val_idx),
         val_targets=space.targets([val_source.labels[i] for i in val_idx]),
         warnings=data_warnings(config.train_file, train_texts, train_labels, val_texts),
+        loss_weights=space.loss_weights(config.class_weights, train_targets) if config.class_weights else None,
     )
 
 
@@ -159,32 +187,6 @@ def _load_splits(config: TrainConfig) -> tuple[LabelledData, list[int], Labelled
 
 def default_output_dir(train_file: Path) -> Path:
     return Path("runs") / f"{train_file.stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-
-
-def prepare_output_dir(output: Path, overwrite: bool, resume: bool = False) -> None:
-    """Refuse to mix two runs in one directory unless --overwrite; fail early (exit 74) if unwritable."""
-    if output.exists() and not output.is_dir():
-        raise UsageError(f"--output {output} exists and is not a directory.")
-    if resume:
-        if not (output / MANIFEST).is_file():
-            raise UsageError(f"--resume: {output} holds no bertclf run to resume.",
-                             hint="Pass the --output directory of the interrupted run.")
-    elif output.is_dir() and any(output.iterdir()):
-        if not overwrite:
-            raise UsageError(f"--output {output} is not empty.",
-                             hint="Choose another directory, or pass --overwrite to replace the run in it.")
-        for name in RUN_FILES:
-            (output / name).unlink(missing_ok=True)
-        shutil.rmtree(output / "checkpoints", ignore_errors=True)
-        shutil.rmtree(output / ".cache", ignore_errors=True)
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-        probe = output / ".bertclf-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise OutputError(f"Cannot write to --output {output}: {exc.strerror or exc}.",
-                          hint="Choose a writable directory.") from None
 
 
 def resolve_mixed_precision(requested: str, use_cpu: bool, *, cuda: bool | None = None,
@@ -259,40 +261,51 @@ class LoadedModel:
     train_encoded: Any
     val_encoded: Any
     lr: float
-    loss_weights: list[float] | None
 
 
-def build_run(config: TrainConfig, data: TrainingData, output: Path, accelerator,
+def build_run(config: TrainConfig, data: TrainingData, run_dir: RunDirectory, accelerator,
               mixed_precision: str) -> tuple[TrainingRun, dict]:
     """Load the model, encode the data, build loader, optimizer and schedule; returns the run and its
     manifest (written to the run directory, with the tokenizer)."""
     import torch
 
-    built = _load_model(config, data, output, accelerator)
+    output = run_dir.path
+    built = _load_model(config, data, run_dir, accelerator)
     run = _build_loop_parts(config, data, built, output, accelerator)
     manifest = runinfo.train_manifest(
         config, data=data, spec=built.spec, model=built.resolved.describe(), lr=built.lr,
         mixed_precision=mixed_precision, device=str(accelerator.device), world_size=accelerator.num_processes,
         threads=torch.get_num_threads(), encoded={"train": built.train_encoded, "validation": built.val_encoded},
-        loss_weights=built.loss_weights, steps={"total": run.total_steps, "per_epoch": run.steps_per_epoch})
+        loss_weights=data.loss_weights, steps={"total": run.total_steps, "per_epoch": run.steps_per_epoch})
     if run.is_main:
-        built.tokenizer.save_pretrained(str(output))
-        shutil.rmtree(output / ".scratch-vocab", ignore_errors=True)
+        if not config.resume:  # a resumed run keeps the tokenizer files it started with, untouched
+            built.tokenizer.save_pretrained(str(output))
         _report_start(config, data, built, run, manifest, mixed_precision)
     return run, manifest
 
 
-def _load_model(config: TrainConfig, data: TrainingData, output: Path, accelerator) -> LoadedModel:
+def _load_model(config: TrainConfig, data: TrainingData, run_dir: RunDirectory, accelerator) -> LoadedModel:
     from bertclf.model import auto_learning_rate, load_for_training, resolve_model, usable_max_length
 
-    is_main = accelerator.is_main_process
+    is_main, output = accelerator.is_main_process, run_dir.path
     resolved = resolve_model(config.model, data.train_texts)
     if is_main:
         console.info(f"Model {resolved.name} ({resolved.source}{', ' + str(resolved.path) if resolved.path else ''})")
+    if resolved.source == "scratch":
+        if config.resume:
+            _check_saved_vocabulary(output)
+        elif is_main:
+            run_dir.make_ready()  # the vocabulary is built straight into the run directory
+    # A scratch vocabulary is built once, by the main process, as the run's tokenizer: the other processes
+    # (after it, in main_process_first) and a resumed run load that one, so every rank and every resume
+    # trains with the same token ids. Pretrained models ignore vocab_dir.
+    vocab_dir = output if config.resume or not is_main else None
     with accelerator.main_process_first():
         tokenizer, model = load_for_training(resolved, data.labels, data.train_texts + (data.train_pairs or []),
-                                             config.max_length, output / ".scratch-vocab",
-                                             multi_label=config.multi_label)
+                                             config.max_length, output, multi_label=config.multi_label,
+                                             vocab_dir=vocab_dir)
+    if is_main:
+        run_dir.make_ready()  # the model is resolved and loaded: now the run may write
     max_length = usable_max_length(model, config.max_length)
     spec = EncodingSpec(max_length=max_length, truncation=config.truncation, long_text=config.long_text,
                         stride=min(config.resolved_stride, max_length // 2))
@@ -303,13 +316,20 @@ def _load_model(config: TrainConfig, data: TrainingData, output: Path, accelerat
     if config.multi_label:
         _start_at_label_priors(model, data.train_targets)
     lr = config.lr if config.lr is not None else auto_learning_rate(model, resolved.source)
-    loss_weights = data.space.loss_weights(config.class_weights, data.train_targets) if config.class_weights \
-        else None
     if config.gradient_checkpointing:
         # transformers 5 renamed gradient_checkpointing_enable (deprecated) to activation_checkpointing_enable.
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable()
-    return LoadedModel(resolved, tokenizer, model, spec, train_encoded, val_encoded, lr, loss_weights)
+    return LoadedModel(resolved, tokenizer, model, spec, train_encoded, val_encoded, lr)
+
+
+def _check_saved_vocabulary(output: Path) -> None:
+    from bertclf.model import TOKENIZER_FILES
+
+    if not any((output / name).is_file() for name in TOKENIZER_FILES):
+        raise InputMissingError(f"--resume: {output} holds no {' or '.join(TOKENIZER_FILES)}, the vocabulary this "
+                                "scratch run was trained with, so it cannot be resumed.",
+                                hint="Restore the run's tokenizer files, or train again without --resume.")
 
 
 def _build_loop_parts(config: TrainConfig, data: TrainingData, built: LoadedModel, output: Path,
@@ -317,7 +337,7 @@ def _build_loop_parts(config: TrainConfig, data: TrainingData, built: LoadedMode
     import torch
     from transformers import get_linear_schedule_with_warmup
 
-    compute_loss = _loss_function(data.space, built.loss_weights)
+    compute_loss = _loss_function(data.space, data.loss_weights)
     # Length-grouped batches: texts of similar length share a batch, so padding stays small.
     global_batch = config.batch_size * accelerator.num_processes
     sampler = LengthGroupedSampler(built.train_encoded.lengths, global_batch, config.seed)
@@ -408,19 +428,18 @@ def _loss_function(space: LabelSpace, weights: list[float] | None):
 # -- Phase 3: the loop (bertclf.train_loop), started fresh or from a checkpoint -----------------------------
 
 
-def start_loop(run: TrainingRun, manifest: dict, data: TrainingData) -> TrainingLoop:
+def start_loop(run: TrainingRun, manifest: dict, fingerprint: dict,
+               resumed: checkpoint.Checkpoint | None) -> TrainingLoop:
     """The loop at step 0, or where --resume's checkpoint left it; writes the (incomplete) manifest."""
     config, output = run.config, run.output
-    fingerprint = checkpoint.fingerprint(config.to_dict(), {k: v["sha256"] for k, v in manifest["data"].items()
-                                                            if v}, data.labels)
     state, pending_rng = LoopState(), None
-    if config.resume:
-        resumed = resume(run, fingerprint)
-        state, pending_rng = resumed.state, resumed.pending_rng
-        manifest["resumed_from"] = str(resumed.path)
+    if resumed is not None:
+        restored = resume(run, resumed)
+        state, pending_rng = restored.state, restored.pending_rng
+        manifest["resumed_from"] = str(restored.path)
         if run.is_main:
             truncate_log(output / "train_log.jsonl", state.step)
-            console.info(f"Resuming from {resumed.path} (step {state.step} of {run.total_steps}).")
+            console.info(f"Resuming from {restored.path} (step {state.step} of {run.total_steps}).")
     if run.is_main:
         write_json_atomic(output / MANIFEST, manifest)
     tracker = run.accelerator if config.report_to != "none" else None

@@ -104,10 +104,15 @@ class Resumed:
     path: Path
 
 
-def resume(run: TrainingRun, fingerprint: dict) -> Resumed:
-    """Load --resume's checkpoint into the run's model, optimizer and scheduler; its loop position."""
-    resumed = checkpoint.find_checkpoint(run.output, run.config.resume)
+def find_resume_checkpoint(config: TrainConfig, output: Path, fingerprint: dict) -> checkpoint.Checkpoint:
+    """--resume's checkpoint, checked against this run's settings and data before any model loads."""
+    resumed = checkpoint.find_checkpoint(output, config.resume)
     checkpoint.check_compatible(resumed.state["fingerprint"], fingerprint)
+    return resumed
+
+
+def resume(run: TrainingRun, resumed: checkpoint.Checkpoint) -> Resumed:
+    """Load the checkpoint into the run's model, optimizer and scheduler; its loop position."""
     pending_rng = checkpoint.load_training_state(resumed, run.accelerator.unwrap_model(run.model), run.optimizer,
                                                  run.scheduler)
     state = LoopState(**resumed.state["loop"])

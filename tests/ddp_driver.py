@@ -1,5 +1,6 @@
-"""Run under torchrun by test_distributed.py: train through the library, then dump this rank's weights,
-so the test can check that every process ended with the same model."""
+"""Run under torchrun by test_distributed.py: train through the library, then dump this rank's weights and
+vocabulary (its tokens in id order), so the test can check that every process ended with the same model
+and tokenized with the same vocabulary."""
 
 import os
 import sys
@@ -21,6 +22,19 @@ def capturing_prepare(self, *objects, **kwargs):
 
 accelerate.Accelerator.prepare = capturing_prepare
 
+import bertclf.model  # noqa: E402
+
+original_load = bertclf.model.load_for_training
+
+
+def capturing_load(*args, **kwargs):
+    tokenizer, model = original_load(*args, **kwargs)
+    captured["tokenizer"] = tokenizer
+    return tokenizer, model
+
+
+bertclf.model.load_for_training = capturing_load
+
 from bertclf.config import TrainConfig  # noqa: E402
 from bertclf.train import train  # noqa: E402
 
@@ -32,3 +46,6 @@ model = captured["accelerator"].unwrap_model(captured["model"])
 rank = os.environ.get("RANK", "0")
 save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()},
           str(Path(dump_dir) / f"rank{rank}.safetensors"))
+vocab = captured["tokenizer"].get_vocab()
+(Path(dump_dir) / f"rank{rank}.vocab.txt").write_text("".join(t + "\n" for t in sorted(vocab, key=vocab.get)),
+                                                        encoding="utf-8")

@@ -103,3 +103,32 @@ def test_two_processes_train_a_multi_label_run_and_tune_thresholds_once(no_dropo
     evaluated = json.loads(stdout)["metrics"]
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["micro_f1"] == pytest.approx(evaluated["micro_f1"]) and saved["per_class"] == evaluated["per_class"]
+
+
+def test_two_processes_train_a_scratch_model_with_one_vocabulary(tmp_path, cli):
+    """The main process builds the scratch vocabulary into the run directory; the other rank loads that one
+    (before, each rank built its own and DDP failed on mismatched embedding sizes)."""
+    from safetensors.torch import load_file
+
+    validation = EXAMPLES / "en_topics_test.csv"
+    out, dumps = tmp_path / "two", tmp_path / "dumps"
+    dumps.mkdir()
+    result = _torchrun(TESTS / "ddp_driver.py", EXAMPLES / "en_topics.csv", "scratch:tiny", out, dumps, validation)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = (dumps / "rank0.vocab.txt").read_text(), (dumps / "rank1.vocab.txt").read_text()
+    assert rank0 == rank1 == (out / "vocab.txt").read_text(encoding="utf-8")
+    weights0, weights1 = load_file(str(dumps / "rank0.safetensors")), load_file(str(dumps / "rank1.safetensors"))
+    assert all(bool((weights0[k] == weights1[k]).all()) for k in weights0)
+
+    # The command line under torchrun, and the same vocabulary as one process builds from the same rows.
+    cli_run = tmp_path / "cli"
+    result = _torchrun("-m", "bertclf", "train", EXAMPLES / "en_topics.csv", "--model", "scratch:tiny", "--cpu",
+                       "-o", cli_run, "--max-steps", "2", "--validation", validation)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((cli_run / "bertclf.json").read_text())["world_size"] == 2
+    one = tmp_path / "one"
+    code, _, stderr = cli("train", EXAMPLES / "en_topics.csv", "-m", "scratch:tiny", "--cpu", "-o", one,
+                          "--max-steps", "1", "--validation", validation)
+    assert code == 0, stderr
+    for name in ("vocab.txt", "tokenizer.json"):
+        assert (cli_run / name).read_bytes() == (one / name).read_bytes() == (out / name).read_bytes(), name

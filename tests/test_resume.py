@@ -11,7 +11,7 @@ import time
 import pytest
 from conftest import EXAMPLES, ROOT, write_csv
 
-from bertclf.errors import EXIT_SIGTERM, EXIT_USAGE
+from bertclf.errors import EXIT_NO_INPUT, EXIT_SIGTERM, EXIT_USAGE
 
 # 216 training rows in batches of 16: 14 batches an epoch, 42 optimizer steps in 3 epochs.
 BASE = ["--epochs", "3", "--batch-size", "16", "--lr", "2e-3", "--cpu", "--save-every", "7", "--keep", "10",
@@ -192,3 +192,47 @@ def test_non_finite_loss_stops_with_exit_4_and_keeps_the_last_good_checkpoint(tm
                           "--save-every", "3", "--cpu", "--eval-every", "100")
     assert code == EXIT_DIVERGED and "nan" in stderr.lower() and "step 8" in stderr
     assert [c.step for c in list_checkpoints(out / "checkpoints")] == [3, 6]
+
+
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def test_resumed_scratch_run_reuses_its_saved_vocabulary_and_ends_bitwise_equal(tmp_path, cli, monkeypatch):
+    import bertclf.scratch
+
+    args = ["train", EXAMPLES / "en_topics.csv", "-m", "scratch:tiny", "--max-steps", "12", "--save-every", "4",
+            "--eval-every", "4", "--keep", "5", "--cpu"]
+    full, out = tmp_path / "full", tmp_path / "run"
+    code, _, stderr = cli(*args, "-o", full)
+    assert code == 0, stderr
+    monkeypatch.setenv("BERTCLF_STOP_AFTER_STEP", "6")
+    assert cli(*args, "-o", out)[0] == EXIT_SIGTERM
+    monkeypatch.delenv("BERTCLF_STOP_AFTER_STEP")
+    saved = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir() if p.name in TOKENIZER_FILES}
+    assert "vocab.txt" in saved
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("a resumed scratch run rebuilt its vocabulary")
+
+    monkeypatch.setattr(bertclf.scratch, "build_scratch_vocab", no_rebuild)
+    code, _, stderr = cli(*args, "-o", out, "--resume", "latest")
+    assert code == 0, stderr
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()
+            if p.name in TOKENIZER_FILES} == saved  # neither rewritten nor touched
+    for name in ("model.safetensors", *saved, "checkpoints/step-12/model.safetensors"):
+        assert _sha(out / name) == _sha(full / name), name
+    assert _losses(out) == _losses(full)
+
+
+def test_resume_of_a_scratch_run_without_its_vocabulary_is_refused(tmp_path, cli, monkeypatch):
+    out = tmp_path / "run"
+    args = ["train", EXAMPLES / "en_topics.csv", "-m", "scratch:tiny", "--max-steps", "6", "--cpu", "-o", out]
+    monkeypatch.setenv("BERTCLF_STOP_AFTER_STEP", "3")
+    assert cli(*args)[0] == EXIT_SIGTERM
+    monkeypatch.delenv("BERTCLF_STOP_AFTER_STEP")
+    for name in TOKENIZER_FILES:
+        (out / name).unlink(missing_ok=True)
+    listing = sorted(p.name for p in out.iterdir())
+    code, _, stderr = cli(*args, "--resume", "latest")
+    assert code == EXIT_NO_INPUT and str(out) in stderr and "vocab.txt" in stderr
+    assert sorted(p.name for p in out.iterdir()) == listing  # no vocabulary was built in its place
