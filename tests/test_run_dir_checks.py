@@ -1,7 +1,8 @@
 """A damaged run directory is refused before any prediction: exit 65 or 66 naming the file and the field.
 
-Each case copies the `tiny_run` fixture, damages one thing, and runs `bertclf predict` and `bertclf eval` in a
-subprocess: the exit code, a message naming the file and field, no traceback, nothing on stdout.
+Each case copies the `tiny_run` fixture, damages one thing, and runs `bertclf predict` and `bertclf eval`
+in-process (an escaped exception fails the test): the exit code, a message naming the file and field, nothing on
+stdout. One case also runs as a subprocess, to see the whole process end without a traceback.
 """
 
 from __future__ import annotations
@@ -144,18 +145,27 @@ CASES = [
 
 
 @pytest.mark.parametrize(("case", "damage", "code", "words"), CASES, ids=[c[0] for c in CASES])
-def test_damaged_run_dir_is_refused_before_prediction(case, damage, code, words, tiny_run, tmp_path):
+def test_damaged_run_dir_is_refused_before_prediction(case, damage, code, words, tiny_run, tmp_path, cli):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     damage(run)
     for command in (["predict", run, "--text", "stock markets fell sharply", "--cpu"],
                     ["eval", run, EXAMPLES / "en_topics.csv", "--cpu"]):
-        result = run_bertclf(*command)
-        assert result.returncode == code, (command[0], result.stderr)
+        exit_code, stdout, stderr = cli(*command)
+        assert exit_code == code, (command[0], stderr)
         for word in words:
-            assert word in result.stderr, (command[0], word, result.stderr)
-        assert "Traceback" not in result.stderr
-        assert result.stdout == ""
+            assert word in stderr, (command[0], word, stderr)
+        assert stdout == ""
+
+
+def test_a_run_without_its_tokenizer_fails_as_a_process_without_traceback(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    _remove(*[name for name in ("tokenizer.json", "vocab.txt") if (run / name).exists()])(run)
+    result = run_bertclf("predict", run, "--text", "stock markets fell sharply", "--cpu")
+    assert result.returncode == EXIT_NO_INPUT, result.stderr
+    assert "Traceback" not in result.stderr and "tokenizer" in result.stderr
+    assert result.stdout == ""
 
 
 def test_undamaged_copy_still_predicts(tiny_run, tmp_path):
