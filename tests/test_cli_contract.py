@@ -125,3 +125,12 @@ def test_predict_answers_a_slow_pipe_line_by_line(tiny_run):
         process.stdin.close()
         process.wait(timeout=60)
     assert process.returncode == 0
+
+
+def test_inspect_multi_label_with_only_empty_label_sets(tmp_path, cli):
+    data = write_csv(tmp_path / "empty_sets.csv", [("hello world", "[]"), ("another text", "[]"), ("a third", "[]")])
+    code, stdout, stderr = cli("inspect", data, "--multi-label")
+    assert code == 0, stderr
+    assert "0 labels" in stdout and "0: 3 rows" in stdout
+    code, stdout, _ = cli("inspect", data, "--multi-label", "--json")
+    assert code == 0 and json.loads(stdout)["labels"] == {}
