@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
+import bertclf.cli._output as _output
 from bertclf import console
-from bertclf.cli import _output
 from bertclf.cli._errors import user_errors
 from bertclf.config import CompareConfig, parse_margins
 from bertclf.errors import QualityGateError

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from bertclf.cli import _output
+import bertclf.cli._output as _output
 from bertclf.cli._errors import user_errors
 
 
