@@ -93,6 +93,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
     report_to: str = "none"  # an accelerate tracker: tensorboard, wandb, mlflow
     class_weights: str | None = None  # "balanced" or "LABEL=WEIGHT,...": weighted cross-entropy
+    calibration: bool = True  # single-label: fit a temperature on validation, fold it into the classifier
     argv: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:

@@ -83,11 +83,13 @@ def train_manifest(config, *, data, spec, model: dict[str, Any], lr: float, mixe
     }
 
 
-def complete_manifest(manifest: dict[str, Any], *, metric: str, state, total_seconds: float) -> None:
-    """Mark the manifest of a finished run complete, with its best step and timings (`state`: the loop's
-    LoopState)."""
+def complete_manifest(manifest: dict[str, Any], *, metric: str, state, total_seconds: float,
+                      calibration: dict[str, Any] | None = None) -> None:
+    """Mark the manifest of a finished run complete, with its best step, timings (`state`: the loop's
+    LoopState) and the temperature folded into the model (None: raw scores, --no-calibration or multi-label)."""
     manifest.update({
         "completed": True,
+        "calibration": calibration,
         "best_step": state.best_step,
         "best_metric": {metric: state.best_value},
         "steps_done": state.step,
@@ -135,6 +137,9 @@ def model_card(manifest: dict[str, Any], metrics: dict[str, Any]) -> str:
         *(["- decision thresholds per label (tuned on validation): "
            + ", ".join(f"`{k}` {v:.3f}" for k, v in manifest["thresholds"].items())] if manifest.get("thresholds")
           else []),
+        *([f"- scores calibrated by temperature scaling on validation (T = {calibration['temperature']:.4f}, "
+           f"folded into the classifier; ECE {calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f})"]
+          if (calibration := manifest.get("calibration")) else []),
         "",
         f"## Validation metrics (best step {manifest.get('best_step')})",
         "",

@@ -459,15 +459,19 @@ def start_loop(run: TrainingRun, manifest: dict, fingerprint: dict,
 
 def finish_run(run: TrainingRun, loop: TrainingLoop, manifest: dict, data: TrainingData,
                started: float) -> TrainResult:
-    """Thresholds (multi-label), model card and the completed manifest, written last."""
+    """Thresholds (multi-label) or calibration (single-label), model card and the completed manifest,
+    written last."""
     accelerator, output, state = run.accelerator, run.output, loop.state
     accelerator.wait_for_everyone()
     best_metrics = loop.best_metrics
+    calibration = None
     if run.config.multi_label and run.is_main:
         best_metrics = _tune_thresholds(run, manifest, data, state.best_step)
+    elif run.is_main:
+        best_metrics, calibration = _calibrate(run, data, state.best_step, best_metrics)
     accelerator.wait_for_everyone()
     runinfo.complete_manifest(manifest, metric=run.config.metric, state=state,
-                              total_seconds=time.perf_counter() - started)
+                              total_seconds=time.perf_counter() - started, calibration=calibration)
     if run.is_main:
         (output / "README.md").write_text(model_card(manifest, best_metrics), encoding="utf-8")
         shutil.rmtree(output / ".cache", ignore_errors=True)  # token ids only served this run and its resumes
@@ -510,3 +514,32 @@ def _tune_thresholds(run: TrainingRun, manifest: dict, data: TrainingData, best_
                  f"(at 0.5 for every label: {best_metrics['at_threshold_0.5']['micro_f1']:.4f}). "
                  "Validation scores at tuned thresholds are optimistic; eval a test file for real ones.")
     return best_metrics
+
+
+def _calibrate(run: TrainingRun, data: TrainingData, best_step: int, best_metrics: dict) -> tuple[dict, dict | None]:
+    """Single-label runs: temperature scaling fitted on validation and folded into the saved best model
+    (bertclf.calibration); metrics.json then holds the calibrated validation metrics and the fit. Returns
+    (validation metrics, the manifest's "calibration" record or None). Multi-label runs are not scaled:
+    their per-label thresholds are tuned on these very scores, and one temperature would only move the
+    thresholds, not make the scores mean more.
+
+    The fit starts from the best model saved by the loop, so a resumed run fits the same T as an
+    uninterrupted one. A metrics.json that already records a fit means the best model in the directory was
+    calibrated by the run being resumed and not replaced since: it is kept as it is, never scaled twice."""
+    from bertclf.calibration import calibrate_saved_model
+    from bertclf.metrics import score
+
+    if "calibration" in best_metrics:
+        return best_metrics, best_metrics["calibration"]
+    if not run.config.calibration:
+        return best_metrics, None
+    record, probs = calibrate_saved_model(run.output, run.tokenizer, run.val_encoded, data.val_targets, data.space,
+                                          run.config.batch_size * 2, run.accelerator.device)
+    if record is None:
+        return best_metrics, None
+    metrics = {**score(probs, data.val_targets, data.space), "calibration": record}
+    write_json_atomic(run.output / "metrics.json", {"split": "validation", "step": best_step, **metrics})
+    console.info(f"Scores calibrated on validation: temperature {record['temperature']:.3f}, ECE "
+                 f"{record['ece_before']:.4f} -> {record['ece_after']:.4f}, NLL {record['nll_before']:.4f} -> "
+                 f"{record['nll_after']:.4f} (predictions unchanged; --no-calibration keeps the raw scores).")
+    return metrics, record

@@ -71,6 +71,9 @@ EarlyStoppingOpt = Annotated[int | None, typer.Option(metavar="PATIENCE", help="
                               "without improvement of --metric.", rich_help_panel=OPT_PANEL)]
 ClassWeightsOpt = Annotated[str | None, typer.Option(help="Weight the loss by class: balanced (inverse "
                              "frequency) or LABEL=WEIGHT,... for imbalanced data.", rich_help_panel=OPT_PANEL)]
+CalibrationOpt = Annotated[bool, typer.Option(help="Single-label runs: fit a temperature on validation and fold it "
+                            "into the classifier, so the scores are calibrated probabilities (predictions "
+                            "unchanged). --no-calibration keeps the raw scores.", rich_help_panel=OPT_PANEL)]
 MetricOpt = Annotated[str, typer.Option(help="Validation metric that picks the best model: macro_f1, accuracy, "
                       "micro_f1, weighted_f1, mcc, loss, ...", rich_help_panel=OPT_PANEL)]
 SeedOpt = Annotated[int, typer.Option(help="Random seed (split, initialisation, data order).",
@@ -129,6 +132,7 @@ def train(
     eval_every: EvalEveryOpt = None,
     early_stopping: EarlyStoppingOpt = None,
     class_weights: ClassWeightsOpt = None,
+    calibration: CalibrationOpt = D.calibration,
     metric: MetricOpt = D.metric,
     seed: SeedOpt = D.seed,
     output: OutputOpt = None,
@@ -164,7 +168,7 @@ def train(
             mixed_precision=mixed_precision, cpu=cpu, encoding=encoding, data_format=data_format,
             drop_empty=drop_empty, log_every=log_every, save_every=save_every, keep=keep, resume=resume,
             gradient_checkpointing=gradient_checkpointing, report_to=report_to, class_weights=class_weights,
-            argv=tuple(sys.argv),
+            calibration=calibration, argv=tuple(sys.argv),
         )
         from bertclf.train import train as run_training
 
