@@ -2,20 +2,17 @@
 threshold when it fails; the metrics as properties) and a Markdown summary (`--markdown`: ready to append to
 $GITHUB_STEP_SUMMARY or to post on a merge request), for `eval` and `compare`.
 
-Every file is written whole: to a temporary file made by tempfile.mkstemp in the target's directory, then
-renamed over the target, so a CI step never reads half a report.
+Every file is written whole (bertclf.safe_write), so a CI step never reads half a report.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import stat
-import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from bertclf.errors import OutputError
+from bertclf.safe_write import atomic_output
 
 # XML 1.0 cannot hold most control characters, even escaped: a label or path holding one must not make the
 # whole report unreadable.
@@ -23,52 +20,20 @@ _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 
 def write_bytes(path: Path, data: bytes, what: str) -> None:
-    """Write `data` to `path` through a temporary file in the same directory and a rename; the parent
-    directory is created. A symlink is written through (its target replaced, the link kept); a device or FIFO
-    (`--markdown /dev/stdout`) is written to directly, never replaced. `what` names the target in errors."""
-    target = Path(os.path.realpath(path))
+    """Write `data` to `path` (its parent directory created) through bertclf.safe_write: whole or not at all,
+    a symlink written through, a device or FIFO (`--markdown /dev/stdout`) written directly, never replaced.
+    `what` names the target in errors."""
     try:
-        info = os.stat(target) if target.exists() else None
-        if info is not None and stat.S_ISDIR(info.st_mode):
-            raise OutputError(f"Cannot write {what}: it is a directory.", hint="Give a file name.")
-        if info is not None and not stat.S_ISREG(info.st_mode):
-            with open(target, "wb") as handle:
-                handle.write(data)
-            return
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"Cannot write {what}: {exc.strerror or exc}.",
-                          hint="Check that the directory exists and is writable.") from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a report is as readable as any new file
-        os.replace(tmp, target)
-    except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise OutputError(f"Cannot write {what}: {exc.strerror or exc}.",
-                          hint="Check free disk space and permissions.") from None
+                          hint="Check that the directory can be created and written.") from None
+    with atomic_output(path, "wb", what=what) as handle:
+        handle.write(data)
 
 
 def write_text(path: Path, text: str, flag: str) -> None:
     write_bytes(Path(path), text.encode("utf-8"), f"{flag} {path}")
-
-
-def _umask() -> int:
-    try:
-        with open("/proc/self/status", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o022
 
 
 # ----- JUnit XML ---------------------------------------------------------------------------------------------

@@ -14,12 +14,12 @@ with every tie broken by the strings themselves: the same texts give the same vo
 from __future__ import annotations
 
 import heapq
-import os
-import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from itertools import pairwise
 from pathlib import Path
+
+from bertclf.safe_write import atomic_output
 
 # Sizes of the from-scratch encoders: layers, hidden size, attention heads. Feed-forward is 4x hidden.
 SCRATCH_SIZES = {
@@ -146,19 +146,14 @@ def _merge_word(symbols: list[list[str]], index: int, pair: tuple[str, str], tok
 
 def build_scratch_vocab(texts: Iterable[str], directory: Path) -> Path:
     """Write `directory`/vocab.txt for `texts`, the same bytes for the same texts; returns its path.
-    Written to a unique temporary file and renamed into place, so a reader never sees half a vocabulary."""
+    Written through bertclf.safe_write (a temporary file renamed into place), so a reader never sees half a
+    vocabulary."""
     vocab = wordpiece_vocab(word_counts(texts))
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / VOCAB_FILE
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{VOCAB_FILE}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as out:
-            out.write("".join(token + "\n" for token in vocab))
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_output(target, "w", newline="\n") as out:
+        out.write("".join(token + "\n" for token in vocab))
     return target
 
 
