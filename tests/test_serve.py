@@ -262,3 +262,23 @@ def test_multi_label_answers_carry_the_chosen_labels():
     result = answer(Fake(), probs, np.log(probs / (1 - probs)), Request(["t"], None, True, 3, False))
     assert result == {"labels": ["a", "b"], "scores": [{"label": "c", "score": 0.8}, {"label": "a", "score": 0.6},
                                                        {"label": "b", "score": 0.35}]}
+
+
+@pytest.mark.parametrize("command", ["serve", "export"])
+def test_help_imports_neither_the_server_nor_onnxruntime(command):
+    code = ("import sys\nfrom bertclf.cli import app\ntry:\n"
+            f"    app([{command!r}, '--help'], prog_name='bertclf')\nexcept SystemExit as exc:\n"
+            "    assert exc.code in (0, None), exc.code\n"
+            "heavy = ('torch', 'fastapi', 'uvicorn', 'onnxruntime', 'onnx', 'prometheus_client')\n"
+            "print('HEAVY=' + ','.join(m for m in heavy if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip().splitlines()[-1] == "HEAVY="
+
+
+def test_serve_refuses_a_missing_run_or_export_before_listening(tiny_run, tmp_path):
+    from conftest import run_bertclf
+
+    result = run_bertclf("serve", tmp_path / "nothing", "--port", str(_free_port()), timeout=120)
+    assert result.returncode == 66 and "does not exist" in result.stderr
+    result = run_bertclf("serve", tiny_run, "--backend", "onnx", "--port", str(_free_port()), timeout=120)
+    assert result.returncode == 66 and "bertclf export" in result.stderr
