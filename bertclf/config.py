@@ -201,6 +201,7 @@ class EvalConfig:
     seed: int = 0  # of the resampling: the same seed gives the same intervals
     junit: Path | None = None  # JUnit XML report: one testcase per gate
     markdown: Path | None = None  # Markdown summary (for $GITHUB_STEP_SUMMARY)
+    label_issues: bool = False  # rank likely label errors (cleanlab); label_issues.csv with report_dir
 
     def __post_init__(self) -> None:
         _check(self.batch_size > 0, "--batch-size", self.batch_size, "Give a positive batch size.")

@@ -13,13 +13,22 @@ def run_eval(config) -> dict:
     report files (--output, --junit, --markdown). Returns the report with a "gates" entry; the caller decides
     the exit code."""
     report, rows = evaluate_rows(config)
+    issues = report.pop("label_issue_rows", None)  # --label-issues: label_issues.csv's rows, not the report's
     if config.bootstrap and len(rows):
         report = add_intervals(report, rows, config)
     gates = check_gates(report["metrics"], config.gates, report["task"], report.get("intervals"))
     if config.report_dir is not None:
         from bertclf.report import write_report
 
+        if issues is not None:
+            from bertclf.label_issues import FILE
+
+            report["label_issues"]["file"] = str(config.report_dir / FILE)
         write_report(report, config.report_dir)
+        if issues is not None:
+            from bertclf.label_issues import write_issues
+
+            write_issues(config.report_dir / FILE, issues, pairs=bool(issues) and "text_pair" in issues[0])
         if not rows.multi_label and len(rows):
             from bertclf.reliability import write_reliability_diagram
 
@@ -160,6 +169,10 @@ def evaluate_rows(config) -> tuple[dict, object]:
                                    truncation=config.truncation, quantize=config.quantize,
                                    threshold=config.threshold, backend=config.backend)
     space = predictor.space
+    if config.label_issues:
+        from bertclf.label_issues import check_task
+
+        check_task(space.multi_label)  # before scoring: a usage error should not wait for the model
     keep = known_rows(data, space, config)
     load_seconds = time.perf_counter() - started
     rows, encoded, predict_seconds = score_rows(predictor, data, keep, config.batch_size)
@@ -179,6 +192,10 @@ def evaluate_rows(config) -> tuple[dict, object]:
                     "texts_per_second": round(len(texts) / max(predict_seconds, 1e-9), 1)},
         "errors": _errors(data, keep, texts, pairs, rows.gold, rows.predicted, rows.probs, space),
     }
+    if config.label_issues:
+        from bertclf.label_issues import audit
+
+        report["label_issues"], report["label_issue_rows"] = audit(data, keep, rows, space.names)
     return report, rows
 
 

@@ -54,6 +54,9 @@ def eval_command(
                      "metrics as properties.")] = None,
     markdown: Annotated[Path | None, typer.Option(help="Write a Markdown summary here (metrics, intervals, "
                         "gates), e.g. to append to $GITHUB_STEP_SUMMARY.")] = None,
+    label_issues: Annotated[bool, typer.Option(help="Single-label runs: rank the rows whose given label the model "
+                            "most doubts (cleanlab), a review queue; with -o, label_issues.csv. Never changes a "
+                            "gate.")] = False,
 ) -> None:
     """Score a trained run on a labelled file: accuracy, precision/recall/F1, MCC, ROC-AUC, calibration (ECE,
     Brier, NLL), per class; each with a bootstrap confidence interval.
@@ -71,11 +74,16 @@ def eval_command(
                             data_format=data_format, drop_empty=drop_empty, cpu=cpu, backend=backend,
                             ignore_unknown_labels=ignore_unknown_labels, report_dir=output, quantize=quantize,
                             gates=parse_gates(fail_under or []), confidence=confidence, bootstrap=bootstrap,
-                            seed=seed, junit=junit, markdown=markdown)
+                            seed=seed, junit=junit, markdown=markdown, label_issues=label_issues)
         from bertclf.evaluation import run_eval
 
         report = run_eval(config)
         _output.render_eval_report(report, as_json=json_output)
+        if "label_issues" in report and not json_output:
+            found = report["label_issues"]
+            console.info(f"Label issues: {found['count']} of {found['rows_audited']} rows have a given label the "
+                         "model doubts" + (f", ranked in {found['file']}" if "file" in found else
+                                           " (-o DIR writes them, ranked, to label_issues.csv)") + ".")
         if output is not None:
             console.info(f"Report written to {output}")
         failures = [gate["message"] for gate in report["gates"].values() if not gate["passed"]]
