@@ -161,7 +161,11 @@ class InferenceWorker(threading.Thread):
             if job is _STOP:
                 break
             jobs, stopping = self._collect(job)
-            self._run(jobs)
+            try:
+                self._run(jobs)
+            except Exception as exc:  # noqa: BLE001 - a bug here must not leave requests waiting forever
+                for job in jobs:
+                    _resolve(job, ApiError(500, f"Internal error: {type(exc).__name__}: {exc}", "backend"))
 
     def _load(self) -> None:
         from bertclf.predict import Predictor
@@ -176,8 +180,7 @@ class InferenceWorker(threading.Thread):
     def _collect(self, first: Job) -> tuple[list[Job], bool]:
         """The jobs of one round: `first`, then whatever arrives within max_wait_ms of it, up to the token
         budget. Returns (jobs, whether a stop request came)."""
-        self._encode(first)
-        jobs, tokens = [first], sum(first.encoded.lengths)
+        jobs, tokens = [first], self._encode(first)
         deadline = first.enqueued + self.config.max_wait_ms / 1000
         while tokens < self.config.max_batch_tokens:
             try:
@@ -186,12 +189,12 @@ class InferenceWorker(threading.Thread):
                 break
             if job is _STOP:
                 return jobs, True
-            self._encode(job)
             jobs.append(job)
-            tokens += sum(job.encoded.lengths)
+            tokens += self._encode(job)
         return jobs, False
 
-    def _encode(self, job: Job) -> None:
+    def _encode(self, job: Job) -> int:
+        """Tokenize a job's texts (here, in the thread that owns the tokenizer); returns its token count."""
         from bertclf.encoding import encode
 
         predictor = self.predictor
@@ -199,6 +202,8 @@ class InferenceWorker(threading.Thread):
             job.encoded = encode(predictor.tokenizer, job.request.first, predictor.spec, job.request.second)
         except Exception as exc:  # noqa: BLE001 - this job's failure, not the round's
             job.encoded = exc
+            return 0
+        return sum(job.encoded.lengths)
 
     def _run(self, jobs: list[Job]) -> None:
         from bertclf.encoding import pool_windows

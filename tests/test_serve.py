@@ -282,3 +282,32 @@ def test_serve_refuses_a_missing_run_or_export_before_listening(tiny_run, tmp_pa
     assert result.returncode == 66 and "does not exist" in result.stderr
     result = run_bertclf("serve", tiny_run, "--backend", "onnx", "--port", str(_free_port()), timeout=120)
     assert result.returncode == 66 and "bertclf export" in result.stderr
+
+
+def test_a_request_that_cannot_be_tokenized_gets_422_and_the_round_goes_on(tmp_path):
+    import asyncio
+    from types import SimpleNamespace
+
+    from bertclf.encoding import EncodingSpec
+    from bertclf.serving import ApiError, InferenceWorker, Job, Metrics, Request, ServeConfig
+
+    class BrokenTokenizer:
+        cls_token_id, sep_token_id = 2, 3
+
+        def __call__(self, *args, **kwargs):
+            raise RuntimeError("broken tokenizer")
+
+    worker = InferenceWorker(ServeConfig(run_dir=tmp_path, max_wait_ms=0), Metrics())
+    worker.predictor = SimpleNamespace(tokenizer=BrokenTokenizer(), spec=EncodingSpec())
+
+    async def one_round():
+        loop = asyncio.get_running_loop()
+        job = Job(Request(["a text"], None, True, 1, False), loop, loop.create_future())
+        jobs, stopping = worker._collect(job)
+        worker._run(jobs)
+        with pytest.raises(ApiError) as error:
+            await asyncio.wait_for(job.future, timeout=10)
+        return error.value, stopping
+
+    error, stopping = asyncio.run(one_round())
+    assert error.status == 422 and "broken tokenizer" in error.message and not stopping
