@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from bertclf.cli import _output
+import bertclf.cli._output as _output
 from bertclf.cli._cli_utils import DATA_PANEL, MODEL_PANEL, OPT_PANEL, RUN_PANEL
 from bertclf.cli._errors import user_errors
 from bertclf.config import TrainConfig, parse_learning_rate
