@@ -422,25 +422,24 @@ def build_app(config: ServeConfig, worker: InferenceWorker, metrics: Metrics):
         metrics.requests.labels("/ready", "200").inc()
         return {"status": "ready"}
 
-    @app.get("/info")
-    async def info(request: HttpRequest):
+    def refused(request: HttpRequest, route: str):
+        """The error response when the request may not see `route`, else None (and the request is counted)."""
         try:
             authorize(request)
         except ApiError as exc:
-            return error(exc, "/info")
-        metrics.requests.labels("/info", "200").inc()
-        return JSONResponse(_info(config, worker))
+            return error(exc, route)
+        metrics.requests.labels(route, "200").inc()
+        return None
+
+    @app.get("/info")
+    async def info(request: HttpRequest):
+        return refused(request, "/info") or JSONResponse(_info(config, worker))
 
     @app.get("/metrics")
     async def prometheus(request: HttpRequest):
-        try:
-            authorize(request)
-        except ApiError as exc:
-            return error(exc, "/metrics")
-        metrics.requests.labels("/metrics", "200").inc()
         from prometheus_client import CONTENT_TYPE_LATEST
 
-        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        return refused(request, "/metrics") or Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return app
 

@@ -53,6 +53,18 @@ def read_shared(name: str, split: str, limit: int | None = None) -> list[tuple[s
     return rows[:limit] if limit else rows
 
 
+def encodable_rows(rows, encoding):
+    """The rows whose text the encoding can hold (zh_reviews has a few private-use characters GBK cannot)."""
+    out = []
+    for text, label in rows:
+        try:
+            text.encode(encoding)
+        except UnicodeEncodeError:
+            continue
+        out.append((text, label))
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A 2-layer, 32-wide BERT with a vocabulary of ASCII words and CJK characters from the examples,

@@ -3,23 +3,12 @@
 import hashlib
 import json
 
-from conftest import read_shared, write_csv
-
-
-def _encodable(rows, encoding):
-    out = []
-    for text, label in rows:
-        try:
-            text.encode(encoding)
-        except UnicodeEncodeError:
-            continue  # zh_reviews has a few private-use characters that GBK cannot hold
-        out.append((text, label))
-    return out
+from conftest import encodable_rows, read_shared, write_csv
 
 
 def test_gbk_and_bom_copies_give_identical_weights_and_metrics(tmp_path, cli, tiny_model_dir):
-    train_rows = _encodable(read_shared("zh_reviews", "train", limit=300), "gbk")
-    test_rows = _encodable(read_shared("zh_reviews", "test", limit=100), "gbk")
+    train_rows = encodable_rows(read_shared("zh_reviews", "train", limit=300), "gbk")
+    test_rows = encodable_rows(read_shared("zh_reviews", "test", limit=100), "gbk")
     results = {}
     for encoding in ("utf-8", "gbk", "utf-8-sig"):
         train = write_csv(tmp_path / f"train-{encoding}.csv", train_rows, encoding=encoding)

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, read_shared, run_bertclf, write_csv
+from conftest import ROOT, encodable_rows, read_shared, run_bertclf, write_csv
 
 from bertclf.scratch import SPECIAL_TOKENS, build_scratch, build_scratch_vocab
 
@@ -107,20 +107,9 @@ def test_load_for_training_reuses_the_vocabulary_in_vocab_dir(tmp_path):
     assert "zz" in built.get_vocab() and (tmp_path / "work" / "vocab.txt").is_file()
 
 
-def _encodable(rows, encoding):
-    out = []
-    for text, label in rows:
-        try:
-            text.encode(encoding)
-        except UnicodeEncodeError:
-            continue  # zh_reviews has a few private-use characters that GBK cannot hold
-        out.append((text, label))
-    return out
-
-
 def test_gbk_bom_and_utf8_copies_train_identical_scratch_models(tmp_path, cli):
     """Whatever the file's encoding, path or name, and in another process with another hash seed."""
-    rows = _encodable(read_shared("zh_reviews", "train", limit=300), "gbk")
+    rows = encodable_rows(read_shared("zh_reviews", "train", limit=300), "gbk")
     hashes = {}
     for encoding, name in (("utf-8", "a/train.csv"), ("utf-8-sig", "b/reviews-bom.csv"), ("gbk", "c/d/g.csv")):
         path = tmp_path / name
