@@ -147,12 +147,6 @@ class Predictor:
                           [(self.labels[i], float(row[i])) for i in order[:top_k]],
                           {label: float(p) for label, p in zip(self.labels, row, strict=True)}, chosen)
 
-    def predict_stream(self, texts: Iterable[Item], *, chunk_size: int = 2048, top_k: int = 1,
-                       batch_size: int = 64) -> Iterator[Prediction]:
-        """Predictions in input order, chunk by chunk, so memory does not grow with the input."""
-        for chunk in fixed_chunks(texts, chunk_size):
-            yield from self.predict(chunk, top_k=top_k, batch_size=batch_size)
-
     def predict_rows(self, rows: Iterable[dict[str, str]], text_column: Callable[[], str],
                      pair_column: str | None = None, *, top_k: int = 1, batch_size: int = 64, chunk_size: int = 2048,
                      live: bool = False) -> Iterator[tuple[dict[str, str], Prediction]]:
