@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 
 import pytest
@@ -35,8 +36,12 @@ labels = st.one_of(st.sampled_from(["pos", "neg", "01", "1", "NA", "None", "ф╕нц
                    st.text(st.characters(blacklist_categories=("Cs", "Zl", "Zp", "Cc")), min_size=1, max_size=5))
 tables = st.lists(st.tuples(texts, labels), min_size=1, max_size=8)
 encodings = st.sampled_from(["utf-8", "utf-8-sig", "gb18030"])
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                           HealthCheck.filter_too_much])
+# The same examples on every run (derandomize): the suite is a release gate, and a gate that fails on one run in
+# ten for an example no one chose lands nothing. To search wider, run with BERTCLF_HYPOTHESIS_EXAMPLES=2000:
+# that run draws fresh random examples (a CI run once found a writer ambiguity the fixed set had missed).
+_EXPLORE = int(os.environ.get("BERTCLF_HYPOTHESIS_EXAMPLES", "0"))
+SETTINGS = settings(max_examples=_EXPLORE or 60, derandomize=not _EXPLORE, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much])
 
 
 def _auto(encoding: str) -> str | None:
@@ -58,8 +63,13 @@ def _looks_like_swallowed_rows(rows, separator: str) -> bool:
 
 
 def _delimited(rows, header, separator: str, terminator: str) -> str:
+    """The table as csv.writer writes it. csv.writer leaves a lone "\r" unquoted, so a last field ending in "\r"
+    followed by a "\n" terminator is written as "...\r\n": a CRLF line end, which no reader can tell apart. A
+    careful writer quotes it, as this one then does (every field of the table)."""
+    last_ends_in_cr = any((row[-1] if header[0] == "text" else row[0]).endswith("\r") for row in rows)
+    quoting = csv.QUOTE_ALL if last_ends_in_cr else csv.QUOTE_MINIMAL
     buffer = io.StringIO()
-    writer = csv.writer(buffer, delimiter=separator, lineterminator=terminator)
+    writer = csv.writer(buffer, delimiter=separator, lineterminator=terminator, quoting=quoting)
     writer.writerow(header)
     writer.writerows([row if header[0] == "text" else row[::-1] for row in rows])
     return buffer.getvalue()
