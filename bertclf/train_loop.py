@@ -187,6 +187,8 @@ class TrainingLoop:
         self.signals = StopSignals(run.is_main)
         self.stop_hook = int(os.environ.get("BERTCLF_STOP_AFTER_STEP", "0"))  # tests: act as if SIGTERM came then
         self.checkpoints_written = 0  # by this process, in this run: a failed run with none leaves nothing
+        self.pending_loss = None  # the running loss sum on the device, not yet read (see read_loss)
+        self.loss_read_at = self.state.step  # the step at which it was last read (and finite)
         # Timing: `tick` starts the training time not yet added to train_seconds; the window is the stretch
         # of steps since the last train_log line (for its samples per second).
         self.tick = self.window_start = time.perf_counter()
@@ -232,14 +234,17 @@ class TrainingLoop:
             checkpoint.restore_rng(self.pending_rng)
             self.pending_rng = None
         with accelerator.accumulate(run.model):
-            targets = batch.pop("labels")
-            loss = run.compute_loss(run.model(**batch).logits, targets)
+            loss = self.batch_loss(batch)
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(run.model.parameters(), run.config.max_grad_norm)
             run.optimizer.step()
             run.optimizer.zero_grad()
-        state.loss_sum += loss.detach().float().item()
+        # The loss stays on the device until a log line, an evaluation or a checkpoint reads it: reading it every
+        # batch (.item()) would make the host wait for the device at each step. Summed in float64 in the same
+        # order as before, so the logged losses are the same numbers.
+        self.pending_loss = loss.detach().double() + state.loss_sum if self.pending_loss is None \
+            else self.pending_loss + loss.detach().double()
         state.loss_count += 1
         state.batches_in_epoch += 1
         batch_samples = batch["input_ids"].shape[0] * accelerator.num_processes  # this process holds 1/N of it
@@ -247,18 +252,20 @@ class TrainingLoop:
         self.window_samples += batch_samples
         return accelerator.sync_gradients
 
+    def batch_loss(self, batch):
+        """The loss of one batch (a subclass, such as pretraining's masked-LM loop, computes its own)."""
+        targets = batch.pop("labels")
+        return self.run.compute_loss(self.run.model(**batch).logits, targets)
+
     def _after_optimizer_step(self) -> None:
         run, state, config = self.run, self.state, self.run.config
-        if not math.isfinite(state.loss_sum):
-            raise DivergedError(f"The training loss became {state.loss_sum} at step {state.step}.",
-                                hint="Lower --lr, or check the data for extreme inputs. "
-                                "Checkpoints written before this step are intact.")
         if state.step % config.log_every == 0 or state.step == run.total_steps:
             self._log_train_window()
         if self.progress:
             self.progress.update(self.task, completed=state.step,
                                  description=f"epoch {state.step / run.steps_per_epoch:.2f}")
         if state.step % run.eval_every == 0 or state.step == run.total_steps:
+            self.read_loss()
             paused = self._pause()
             self.evaluate()
             self.tick = time.perf_counter()
@@ -271,6 +278,19 @@ class TrainingLoop:
             saved = self.write_checkpoint()
             if self.signals.requested:
                 raise interrupted_error(self.signals.requested, saved, config)
+
+    def read_loss(self) -> None:
+        """Move the running loss from the device into the state; stop if it is no longer finite."""
+        if self.pending_loss is None:
+            return
+        self.state.loss_sum, self.pending_loss = float(self.pending_loss), None
+        if not math.isfinite(self.state.loss_sum):
+            since = f"between steps {self.loss_read_at + 1} and {self.state.step}" \
+                if self.state.step > self.loss_read_at + 1 else f"at step {self.state.step}"
+            raise DivergedError(f"The training loss became {self.state.loss_sum} {since}.",
+                                hint="Lower --lr, or check the data for extreme inputs. "
+                                "Checkpoints written before this step are intact.")
+        self.loss_read_at = self.state.step
 
     def _pause(self) -> float:
         """Add the training time since `tick` to train_seconds; returns now."""
@@ -285,6 +305,7 @@ class TrainingLoop:
             self.progress.start()
 
     def _log_train_window(self) -> None:
+        self.read_loss()
         run, state = self.run, self.state
         now = time.perf_counter()
         rate = self.window_samples / max(now - self.window_start, 1e-9)
@@ -344,6 +365,7 @@ class TrainingLoop:
                          f"{'  best' if improved else ''}{'  early stop' if state.stopped_early else ''}")
 
     def write_checkpoint(self) -> Path | None:
+        self.read_loss()
         run, state = self.run, self.state
         state_dict = run.accelerator.get_state_dict(run.model)
         path = None
