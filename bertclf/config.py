@@ -61,6 +61,7 @@ class TrainConfig:
     multi_label: bool = False  # each row holds a set of labels: sigmoid outputs, binary cross-entropy
     label_separator: str = ","  # between labels of a multi-label cell (a JSON list is read as such)
     model: str = "auto"  # auto: bert-base-chinese for mostly-Chinese data, else bert-base-uncased
+    revision: str | None = None  # a Hub (or ModelScope) model's branch, tag or commit; None: the default branch
     output: Path | None = None  # None: runs/<data file stem>-<timestamp>
     overwrite: bool = False
     max_length: int = 128  # in tokens, [CLS] and [SEP] included
@@ -335,3 +336,87 @@ def parse_margins(values: list[str]) -> dict[str, float]:
     """--non-inferiority METRIC=MARGIN, repeatable, into {metric: margin}."""
     return parse_name_values(values, COMPARE_METRICS, "--non-inferiority", "METRIC=MARGIN, for example "
                              "macro_f1=0.01")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Settings of one `bertclf pretrain` run: masked-language-model training on unlabelled text. Options shared
+    with `train` keep train's names and checks; the loop (bertclf.train_loop) reads the same fields."""
+
+    corpus_files: tuple[Path, ...]
+    text_column: str | None = None  # CSV/TSV/JSON(L)/Parquet corpora; None: first of TEXT_COLUMN_CANDIDATES
+    model: str = "scratch"  # scratch[:SIZE] (vocabulary built from the corpus), a local directory or a Hub id
+    revision: str | None = None
+    output: Path | None = None  # None: runs/pretrain-<first corpus file stem>-<time>
+    overwrite: bool = False
+    max_length: int = 128  # tokens per packed sequence, [CLS] and [SEP] included
+    mlm_probability: float = 0.15  # share of tokens (or, with whole_word_mask, of words) predicted
+    whole_word_mask: bool = False  # mask whole words (jieba words for Chinese; WordPiece words otherwise)
+    validation_split: float = 0.02  # share of the corpus texts held out for the masked-LM loss and perplexity
+    max_validation_texts: int = 2000
+    epochs: float = 3.0
+    max_steps: int | None = None
+    batch_size: int = 32
+    lr: float | None = None  # None: 5e-4 from scratch, 5e-5 continuing a pretrained model (see pretrain.auto_lr)
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    grad_accum: int = 1
+    max_grad_norm: float = 1.0
+    eval_every: int | None = None  # None: about 10 evaluations in all
+    seed: int = 42
+    mixed_precision: str = "auto"
+    cpu: bool = False
+    encoding: str | None = None
+    data_format: str | None = None
+    log_every: int = 50
+    save_every: int | None = None
+    keep: int = 2
+    resume: str | None = None
+    argv: tuple[str, ...] = field(default=(), compare=False)
+    # Fixed for pretraining; the training loop reads them as it reads a TrainConfig's.
+    metric: str = field(default="loss", init=False)
+    multi_label: bool = field(default=False, init=False)
+    early_stopping: int | None = field(default=None, init=False)
+    report_to: str = field(default="none", init=False)
+
+    def __post_init__(self) -> None:
+        _check(len(self.corpus_files) > 0, "CORPUS", self.corpus_files, "Give at least one corpus file.")
+        _check(16 <= self.max_length <= 8192, "--max-length", self.max_length, "Give 16 to 8192 tokens.")
+        _check(0.0 < self.mlm_probability < 1.0, "--mlm-probability", self.mlm_probability,
+               "Give a share between 0 and 1, for example 0.15.")
+        _check(0.0 < self.validation_split < 1.0, "--validation-split", self.validation_split,
+               "Give a fraction between 0 and 1, for example 0.02.")
+        _check(self.max_validation_texts >= 1, "--max-validation-texts", self.max_validation_texts, "Give 1 or more.")
+        _check(math.isfinite(self.epochs) and 0 < self.epochs <= 10_000, "--epochs", self.epochs,
+               "Give a positive, finite number of epochs (fractions allowed).")
+        _check(self.max_steps is None or self.max_steps > 0, "--max-steps", self.max_steps,
+               "Give a positive number of steps.")
+        _check(self.batch_size > 0, "--batch-size", self.batch_size, "Give a positive batch size.")
+        _check(self.lr is None or 0.0 < self.lr < 1.0, "--lr", self.lr, "Give a rate such as 5e-4, or 'auto'.")
+        _check(math.isfinite(self.weight_decay) and self.weight_decay >= 0.0, "--weight-decay", self.weight_decay,
+               "Give 0 or more.")
+        _check(0.0 <= self.warmup_ratio < 1.0, "--warmup-ratio", self.warmup_ratio, "Give 0 to 1.")
+        _check(self.grad_accum >= 1, "--grad-accum", self.grad_accum, "Give 1 or more.")
+        _check(math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0.0, "--max-grad-norm",
+               self.max_grad_norm, "Give a positive norm.")
+        _check(self.eval_every is None or self.eval_every > 0, "--eval-every", self.eval_every,
+               "Give a positive number of steps.")
+        _check(0 <= self.seed <= 2**32 - 1, "--seed", self.seed, "Give a seed from 0 to 4294967295.")
+        _check(self.mixed_precision in MIXED_PRECISION_MODES, "--mixed-precision", self.mixed_precision,
+               f"Choose one of: {', '.join(MIXED_PRECISION_MODES)}.")
+        _check(self.log_every > 0, "--log-every", self.log_every, "Give a positive number of steps.")
+        _check(self.save_every is None or self.save_every > 0, "--save-every", self.save_every,
+               "Give a positive number of steps.")
+        _check(self.keep >= 1, "--keep", self.keep, "Keep at least 1 checkpoint.")
+        _check(not (self.resume and self.overwrite), "--resume", self.resume,
+               "--resume continues the run in --output; it cannot be combined with --overwrite.")
+
+    @property
+    def greater_is_better(self) -> bool:
+        return False  # the held-out masked-LM loss picks the best model
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (paths as strings)."""
+        return {k: (str(v) if isinstance(v, Path) else [str(p) for p in v] if k == "corpus_files"
+                    else list(v) if isinstance(v, tuple) else v)
+                for k, v in dataclasses.asdict(self).items()}

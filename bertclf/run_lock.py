@@ -19,7 +19,8 @@ from bertclf.runinfo import MANIFEST
 
 # Files a run writes; --overwrite removes these (and only these) from an earlier run in the same place.
 RUN_FILES = ("config.json", "model.safetensors", "vocab.txt", "tokenizer.json", "tokenizer_config.json",
-             "special_tokens_map.json", MANIFEST, "metrics.json", "train_log.jsonl", "README.md")
+             "special_tokens_map.json", MANIFEST, "metrics.json", "train_log.jsonl", "README.md",
+             "pretrain.json")
 RUN_DIRS = ("checkpoints", ".cache", ".scratch-vocab")
 
 
@@ -28,8 +29,9 @@ class RunDirectory:
     keep() once it holds something worth keeping (a checkpoint, a finished loop), and in any case
     close(failed=...) at the end: a failed run that kept nothing is undone."""
 
-    def __init__(self, path: Path, *, overwrite: bool = False, resume: bool = False):
+    def __init__(self, path: Path, *, overwrite: bool = False, resume: bool = False, manifest: str = MANIFEST):
         self.path = Path(path)
+        self.manifest = manifest  # the file that marks a run to resume (pretrain writes pretrain.json)
         self.overwrite, self.resume = overwrite, resume
         self.created: list[Path] = []  # directories this run made, outermost first
         self.found: set[str] | None = None  # the entries present before this run wrote anything
@@ -59,7 +61,7 @@ class RunDirectory:
     def _check_contents(self) -> None:
         path = self.path
         if self.resume:
-            if not (path / MANIFEST).is_file():
+            if not (path / self.manifest).is_file():
                 raise UsageError(f"--resume: {path} holds no bertclf run to resume.",
                                  hint="Pass the --output directory of the interrupted run.")
         elif any(path.iterdir()) and not self.overwrite:

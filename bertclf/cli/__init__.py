@@ -1,6 +1,7 @@
 """The `bertclf` command line, one module per command (as the `hf` CLI of huggingface_hub is laid out):
 
     train.py     bertclf train     -> bertclf.train.train
+    pretrain.py  bertclf pretrain  -> bertclf.pretrain.pretrain
     evaluate.py  bertclf eval      -> bertclf.evaluation.run_eval
     compare.py   bertclf compare   -> bertclf.compare.run_compare
     predict.py   bertclf predict   -> bertclf.predict.run_predict
@@ -29,6 +30,7 @@ from bertclf.cli.evaluate import eval_command
 from bertclf.cli.export import export
 from bertclf.cli.inspect import inspect
 from bertclf.cli.predict import predict
+from bertclf.cli.pretrain import pretrain
 from bertclf.cli.serve import serve
 from bertclf.cli.train import train
 from bertclf.errors import EXIT_IO, UsageError
@@ -53,6 +55,7 @@ def _root(
 
 
 app.command()(train)
+app.command()(pretrain)
 app.command("eval")(eval_command)
 app.command()(compare)
 app.command()(predict)

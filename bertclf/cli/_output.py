@@ -28,6 +28,20 @@ def render_train_result(result, *, as_json: bool) -> None:
                                     f"{result.samples_per_second:.1f} samples/s)"))
 
 
+def render_pretrain_result(result, *, as_json: bool) -> None:
+    if as_json:
+        console.print_json(result.summary())
+        return
+    validation = result.validation
+    console.out.print(console.metrics_table(
+        {k: validation[k] for k in ("loss", "perplexity", "masked_accuracy") if k in validation},
+        title=f"Held-out masked-LM scores, best step {result.best_step} of {result.steps}"))
+    console.out.print(Text.assemble("Model saved to ", (str(result.output_dir), "bold"),
+                                    f"  ({result.train_seconds:.0f} s training, "
+                                    f"{result.tokens_per_second:.0f} tokens/s); fine-tune it with "
+                                    f"bertclf train --model {result.output_dir} DATA"))
+
+
 def render_eval_report(report: dict[str, Any], *, as_json: bool) -> None:
     if as_json:
         console.print_json({k: v for k, v in report.items() if k != "errors"})
