@@ -185,7 +185,8 @@ class Masker:
         # up front rather than have it warn.
         self.collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=probability,
                                                         whole_word_mask=whole_words, seed=seed,
-                                                        mask_replace_prob=1.0 if whole_words else 0.8)
+                                                        mask_replace_prob=1.0 if whole_words else 0.8,
+                                                        random_replace_prob=0.0 if whole_words else 0.1)
         if seed is not None:
             self.collator.create_rng("pt")
 

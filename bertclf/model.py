@@ -303,6 +303,9 @@ def read_manifest(run_dir: Path) -> dict:
     if not Path(run_dir).is_dir():
         raise InputMissingError(f"Run directory {run_dir} does not exist.", hint=RUN_HINT)
     if not path.is_file():
+        if (Path(run_dir) / "pretrain.json").is_file():  # `bertclf pretrain` output: an encoder without a classifier
+            raise InputMissingError(f"{run_dir}: a pre-trained model directory (pretrain.json), not a classifier.",
+                                    hint=f"Fine-tune it first: bertclf train --model {run_dir} DATA")
         raise InputMissingError(f"{run_dir}: no {MANIFEST_FILE}, so this is not a bertclf run directory.",
                                 hint=RUN_HINT)
     manifest = read_json_object(path, "the run manifest")

@@ -161,3 +161,11 @@ def test_two_processes_pretrain_one_model_with_one_vocabulary(pretrained, corpus
     manifest = json.loads((run / "pretrain.json").read_text())
     assert manifest["completed"] is True and manifest["world_size"] == 2
     assert (run / "vocab.txt").read_bytes() == (out / "vocab.txt").read_bytes()
+
+
+def test_eval_and_predict_send_a_pretrained_directory_to_train(pretrained, tmp_path, cli):
+    out, _, _ = pretrained
+    data = write_csv(tmp_path / "d.csv", [("很好", "pos"), ("太差", "neg")])
+    for args in (("predict", out, "--text", "很好"), ("eval", out, data)):
+        code, _, stderr = cli(*args)
+        assert code == EXIT_NO_INPUT and "pre-trained model directory" in stderr and "bertclf train --model" in stderr

@@ -25,6 +25,7 @@ from bertclf.cli.train import (
     MixedPrecisionOpt,
     OverwriteOpt,
     ResumeOpt,
+    RevisionOpt,
     SaveEveryOpt,
     SeedOpt,
     WeightDecayOpt,
@@ -45,7 +46,8 @@ ValidationSplitOpt = Annotated[float, typer.Option(help="Share of the corpus tex
 MaxValidationOpt = Annotated[int, typer.Option(help="Most texts held out.", rich_help_panel=DATA_PANEL)]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="scratch[:tiny|mini|small] (a new BERT, vocabulary "
                      "built from the corpus), or a model to continue pre-training: a local directory, a packaged "
-                     "model (all-MiniLM-L6-v2) or a Hub id (bert-base-chinese).", rich_help_panel=MODEL_PANEL)]
+                     "model (all-MiniLM-L6-v2), a Hub id (bert-base-chinese; HF_ENDPOINT for a mirror) or "
+                     "ms://owner/name (ModelScope).", rich_help_panel=MODEL_PANEL)]
 MaxLengthOpt = Annotated[int, typer.Option(help="Tokens per packed sequence ([CLS] and [SEP] included): short texts "
                           "are packed together up to this length.", rich_help_panel=MODEL_PANEL)]
 MlmProbabilityOpt = Annotated[float, typer.Option(help="Share of tokens masked and predicted (80% become [MASK], "
@@ -73,6 +75,7 @@ def pretrain(
     validation_split: ValidationSplitOpt = D.validation_split,
     max_validation_texts: MaxValidationOpt = D.max_validation_texts,
     model: ModelOpt = D.model,
+    revision: RevisionOpt = None,
     max_length: MaxLengthOpt = D.max_length,
     mlm_probability: MlmProbabilityOpt = D.mlm_probability,
     whole_word_mask: WholeWordMaskOpt = False,
@@ -109,7 +112,8 @@ def pretrain(
         config = PretrainConfig(
             corpus_files=tuple(corpus), text_column=text_column, data_format=data_format, encoding=encoding,
             validation_split=validation_split, max_validation_texts=max_validation_texts, model=model,
-            max_length=max_length, mlm_probability=mlm_probability, whole_word_mask=whole_word_mask, epochs=epochs,
+            revision=revision, max_length=max_length, mlm_probability=mlm_probability,
+            whole_word_mask=whole_word_mask, epochs=epochs,
             max_steps=max_steps, batch_size=batch_size, lr=parse_learning_rate(lr), weight_decay=weight_decay,
             warmup_ratio=warmup_ratio, grad_accum=grad_accum, max_grad_norm=max_grad_norm, eval_every=eval_every,
             seed=seed, output=output, overwrite=overwrite, mixed_precision=mixed_precision, cpu=cpu,

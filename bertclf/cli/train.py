@@ -41,8 +41,9 @@ DataFormatOpt = Annotated[str | None, typer.Option("--format", help="csv, tsv, j
                            "Default: from the file extension.", rich_help_panel=DATA_PANEL)]
 DropEmptyOpt = Annotated[bool, typer.Option(help="Leave out rows with an empty text, with a warning, instead of "
                           "failing.", rich_help_panel=DATA_PANEL)]
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Local directory, packaged model (all-MiniLM-L6-v2), "
-                     "Hub id (bert-base-chinese), scratch[:tiny|mini|small], or auto (bert-base-chinese for "
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Local directory (a `bertclf pretrain` output too), "
+                     "packaged model (all-MiniLM-L6-v2), Hub id (bert-base-chinese; HF_ENDPOINT for a mirror), "
+                     "ms://owner/name (ModelScope), scratch[:tiny|mini|small], or auto (bert-base-chinese for "
                      "Chinese data, else bert-base-uncased).", rich_help_panel=MODEL_PANEL)]
 RevisionOpt = Annotated[str | None, typer.Option(help="Branch, tag or commit of a Hub or ModelScope --model (a "
                         "commit pins the exact files; the commit used is recorded in bertclf.json). Default: the "
