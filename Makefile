@@ -11,7 +11,7 @@ TORCH_SPEC ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo "torch>=2.10" || ech
 PIP_EXTRA ?=
 RUNS ?= runs
 
-.PHONY: install demo test lint format bench bench-quick clean
+.PHONY: install demo test lint format bench bench-quick bench-gpu clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -52,6 +52,10 @@ bench: install
 
 bench-quick: install
 	$(PY) bench/bench.py --quick
+
+# On a CUDA GPU (issue 18): fp32 vs bf16 training, time to accuracy, prediction, MFU, peak memory; ~5-8 minutes.
+bench-gpu: install
+	$(PY) bench/gpu_check.py
 
 clean:
 	rm -rf $(VENV) $(RUNS) .pytest_cache .ruff_cache
