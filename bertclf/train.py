@@ -315,7 +315,7 @@ def _load_model(config: TrainConfig, data: TrainingData, run_dir: RunDirectory, 
         val_encoded = encode_cached(tokenizer, data.val_texts, spec, cache, data.val_pairs)
     if config.multi_label:
         _start_at_label_priors(model, data.train_targets)
-    lr = config.lr if config.lr is not None else auto_learning_rate(model, resolved.source)
+    lr = config.lr if config.lr is not None else auto_learning_rate(model, resolved.source, resolved.path)
     if config.gradient_checkpointing:
         # transformers 5 renamed gradient_checkpointing_enable (deprecated) to activation_checkpointing_enable.
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable

@@ -62,6 +62,8 @@ def test_the_pretrained_model_is_fine_tuned_by_train(pretrained, tmp_path, cli):
     assert code == 0, stderr
     manifest = json.loads((tmp_path / "run" / "bertclf.json").read_text())
     assert manifest["model"]["source"] == "local" and manifest["model"]["path"] == str(out.resolve())
+    # A model pre-trained from scratch for minutes is fine-tuned at the scratch rate of its size, not at 1e-4.
+    assert manifest["learning_rate"] == 1e-3 and manifest["learning_rate_source"] == "auto"
     # The classifier starts from the pre-trained encoder: the token embeddings are the same matrix.
     from safetensors.torch import load_file
 
