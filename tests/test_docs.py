@@ -22,8 +22,8 @@ def test_every_train_option_is_in_the_readme():
 
 
 def test_every_option_the_readme_uses_exists():
-    known = {cmd: _options(cmd) for cmd in ("train", "eval", "predict", "compare")}
-    for command, args in re.findall(r"^\s*(?:cat \S+ \| )?bertclf (train|eval|predict|compare) (.*)$", README,
+    known = {cmd: _options(cmd) for cmd in ("train", "pretrain", "eval", "predict", "compare")}
+    for command, args in re.findall(r"^\s*(?:cat \S+ \| )?bertclf (train|pretrain|eval|predict|compare) (.*)$", README,
                                     re.M):
         for flag in re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", args):
             assert flag in known[command], f"bertclf {command} has no {flag}"
