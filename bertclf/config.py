@@ -48,6 +48,34 @@ def _check(condition: bool, flag: str, value: Any, requirement: str) -> None:
         raise UsageError(f"Invalid value for {flag}: {value!r}. {requirement}")
 
 
+def check_loop_settings(config) -> None:
+    """The checks of the options train and pretrain share (the training loop's settings)."""
+    _check(math.isfinite(config.epochs) and 0 < config.epochs <= 10_000, "--epochs", config.epochs,
+           "Give a positive, finite number of epochs (fractions allowed).")
+    # numpy's and torch's seeds are unsigned 32-bit: a seed outside that range fails deep in set_seed.
+    _check(0 <= config.seed <= 2**32 - 1, "--seed", config.seed, "Give a seed from 0 to 4294967295.")
+    _check(config.max_steps is None or config.max_steps > 0, "--max-steps", config.max_steps,
+           "Give a positive number of steps.")
+    _check(config.batch_size > 0, "--batch-size", config.batch_size, "Give a positive batch size.")
+    _check(config.lr is None or 0.0 < config.lr < 1.0, "--lr", config.lr, "Give a rate such as 5e-5, or 'auto'.")
+    _check(math.isfinite(config.weight_decay) and config.weight_decay >= 0.0, "--weight-decay", config.weight_decay,
+           "Give 0 or more.")
+    _check(0.0 <= config.warmup_ratio < 1.0, "--warmup-ratio", config.warmup_ratio, "Give 0 to 1.")
+    _check(config.grad_accum >= 1, "--grad-accum", config.grad_accum, "Give 1 or more.")
+    _check(math.isfinite(config.max_grad_norm) and config.max_grad_norm > 0.0, "--max-grad-norm",
+           config.max_grad_norm, "Give a positive norm.")
+    _check(config.eval_every is None or config.eval_every > 0, "--eval-every", config.eval_every,
+           "Give a positive number of steps.")
+    _check(config.mixed_precision in MIXED_PRECISION_MODES, "--mixed-precision", config.mixed_precision,
+           f"Choose one of: {', '.join(MIXED_PRECISION_MODES)}.")
+    _check(config.log_every > 0, "--log-every", config.log_every, "Give a positive number of steps.")
+    _check(config.save_every is None or config.save_every > 0, "--save-every", config.save_every,
+           "Give a positive number of steps.")
+    _check(config.keep >= 1, "--keep", config.keep, "Keep at least 1 checkpoint.")
+    _check(not (config.resume and config.overwrite), "--resume", config.resume,
+           "--resume continues the run in --output; it cannot be combined with --overwrite.")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Settings of one `bertclf train` run. Field names match the CLI flags (`max_length` is `--max-length`)."""
@@ -109,37 +137,13 @@ class TrainConfig:
                f"Give 0 to {self.max_length // 2} tokens (at most half of --max-length).")
         _check(bool(self.label_separator.strip()), "--label-separator", self.label_separator,
                "Give a non-blank separator such as ',' or '|'.")
-        _check(math.isfinite(self.epochs) and 0 < self.epochs <= 10_000, "--epochs", self.epochs,
-               "Give a positive, finite number of epochs (fractions allowed).")
-        # numpy's and torch's seeds are unsigned 32-bit: a seed outside that range fails deep in set_seed.
-        _check(0 <= self.seed <= 2**32 - 1, "--seed", self.seed, "Give a seed from 0 to 4294967295.")
-        _check(self.max_steps is None or self.max_steps > 0, "--max-steps", self.max_steps,
-               "Give a positive number of steps.")
-        _check(self.batch_size > 0, "--batch-size", self.batch_size, "Give a positive batch size.")
-        _check(self.lr is None or 0.0 < self.lr < 1.0, "--lr", self.lr,
-               "Give a rate such as 5e-5, or 'auto'.")
-        _check(math.isfinite(self.weight_decay) and self.weight_decay >= 0.0, "--weight-decay", self.weight_decay,
-               "Give 0 or more.")
-        _check(0.0 <= self.warmup_ratio < 1.0, "--warmup-ratio", self.warmup_ratio, "Give 0 to 1.")
-        _check(self.grad_accum >= 1, "--grad-accum", self.grad_accum, "Give 1 or more.")
-        _check(math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0.0, "--max-grad-norm",
-               self.max_grad_norm, "Give a positive norm.")
-        _check(self.eval_every is None or self.eval_every > 0, "--eval-every", self.eval_every,
-               "Give a positive number of steps.")
+        check_loop_settings(self)
         _check(self.early_stopping is None or self.early_stopping > 0, "--early-stopping",
                self.early_stopping, "Give a patience of 1 or more evaluations.")
         selectable = MULTI_LABEL_METRICS_FOR_SELECTION if self.multi_label else METRICS_FOR_SELECTION
         _check(self.metric in selectable, "--metric", self.metric,
                f"Choose one of{' (multi-label)' if self.multi_label else ''}: {', '.join(selectable)}.")
-        _check(self.mixed_precision in MIXED_PRECISION_MODES, "--mixed-precision", self.mixed_precision,
-               f"Choose one of: {', '.join(MIXED_PRECISION_MODES)}.")
-        _check(self.log_every > 0, "--log-every", self.log_every, "Give a positive number of steps.")
-        _check(self.save_every is None or self.save_every > 0, "--save-every", self.save_every,
-               "Give a positive number of steps.")
-        _check(self.keep >= 1, "--keep", self.keep, "Keep at least 1 checkpoint.")
         _check(self.report_to in REPORT_TO, "--report-to", self.report_to, f"Choose one of: {', '.join(REPORT_TO)}.")
-        _check(not (self.resume and self.overwrite), "--resume", self.resume,
-               "--resume continues the run in --output; it cannot be combined with --overwrite.")
 
     @property
     def greater_is_better(self) -> bool:
@@ -387,29 +391,7 @@ class PretrainConfig:
         _check(0.0 < self.validation_split < 1.0, "--validation-split", self.validation_split,
                "Give a fraction between 0 and 1, for example 0.02.")
         _check(self.max_validation_texts >= 1, "--max-validation-texts", self.max_validation_texts, "Give 1 or more.")
-        _check(math.isfinite(self.epochs) and 0 < self.epochs <= 10_000, "--epochs", self.epochs,
-               "Give a positive, finite number of epochs (fractions allowed).")
-        _check(self.max_steps is None or self.max_steps > 0, "--max-steps", self.max_steps,
-               "Give a positive number of steps.")
-        _check(self.batch_size > 0, "--batch-size", self.batch_size, "Give a positive batch size.")
-        _check(self.lr is None or 0.0 < self.lr < 1.0, "--lr", self.lr, "Give a rate such as 5e-4, or 'auto'.")
-        _check(math.isfinite(self.weight_decay) and self.weight_decay >= 0.0, "--weight-decay", self.weight_decay,
-               "Give 0 or more.")
-        _check(0.0 <= self.warmup_ratio < 1.0, "--warmup-ratio", self.warmup_ratio, "Give 0 to 1.")
-        _check(self.grad_accum >= 1, "--grad-accum", self.grad_accum, "Give 1 or more.")
-        _check(math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0.0, "--max-grad-norm",
-               self.max_grad_norm, "Give a positive norm.")
-        _check(self.eval_every is None or self.eval_every > 0, "--eval-every", self.eval_every,
-               "Give a positive number of steps.")
-        _check(0 <= self.seed <= 2**32 - 1, "--seed", self.seed, "Give a seed from 0 to 4294967295.")
-        _check(self.mixed_precision in MIXED_PRECISION_MODES, "--mixed-precision", self.mixed_precision,
-               f"Choose one of: {', '.join(MIXED_PRECISION_MODES)}.")
-        _check(self.log_every > 0, "--log-every", self.log_every, "Give a positive number of steps.")
-        _check(self.save_every is None or self.save_every > 0, "--save-every", self.save_every,
-               "Give a positive number of steps.")
-        _check(self.keep >= 1, "--keep", self.keep, "Keep at least 1 checkpoint.")
-        _check(not (self.resume and self.overwrite), "--resume", self.resume,
-               "--resume continues the run in --output; it cannot be combined with --overwrite.")
+        check_loop_settings(self)
 
     @property
     def greater_is_better(self) -> bool:

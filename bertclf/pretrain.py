@@ -151,20 +151,15 @@ def _load_model(config: PretrainConfig, corpus: PretrainCorpus, run_dir: RunDire
     """(resolved model, tokenizer, masked-LM model). A scratch vocabulary is built once, by the main process,
     into the model directory; other ranks and resumed runs load that one (as train does)."""
     from bertclf.mlm import BertForMaskedLM
-    from bertclf.model import load_tokenizer, quiet_transformers, resolve_model
+    from bertclf.model import load_tokenizer, quiet_transformers
     from bertclf.scratch import build_scratch_vocab, scratch_model_config, scratch_tokenizer
-    from bertclf.train import _check_saved_vocabulary
+    from bertclf.train import resolve_for_run
 
     quiet_transformers()
     is_main, output = accelerator.is_main_process, run_dir.path
-    resolved = resolve_model(config.model, corpus.train_texts, revision=config.revision)
-    if is_main:
-        console.info(f"Model {resolved.name} ({resolved.source}{', ' + str(resolved.path) if resolved.path else ''})")
+    resolved = resolve_for_run(config, corpus.train_texts, run_dir, accelerator)
     if resolved.source == "scratch":
-        if config.resume:
-            _check_saved_vocabulary(output)
-        elif is_main:
-            run_dir.make_ready()
+        if is_main and not config.resume:
             build_scratch_vocab(corpus.train_texts, output)
         with accelerator.main_process_first():
             tokenizer = scratch_tokenizer(output)

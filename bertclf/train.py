@@ -285,17 +285,10 @@ def build_run(config: TrainConfig, data: TrainingData, run_dir: RunDirectory, ac
 
 
 def _load_model(config: TrainConfig, data: TrainingData, run_dir: RunDirectory, accelerator) -> LoadedModel:
-    from bertclf.model import auto_learning_rate, load_for_training, resolve_model, usable_max_length
+    from bertclf.model import auto_learning_rate, load_for_training, usable_max_length
 
     is_main, output = accelerator.is_main_process, run_dir.path
-    resolved = resolve_model(config.model, data.train_texts, revision=config.revision)
-    if is_main:
-        console.info(f"Model {resolved.name} ({resolved.source}{', ' + str(resolved.path) if resolved.path else ''})")
-    if resolved.source == "scratch":
-        if config.resume:
-            _check_saved_vocabulary(output)
-        elif is_main:
-            run_dir.make_ready()  # the vocabulary is built straight into the run directory
+    resolved = resolve_for_run(config, data.train_texts, run_dir, accelerator)
     # A scratch vocabulary is built once, by the main process, as the run's tokenizer: the other processes
     # (after it, in main_process_first) and a resumed run load that one, so every rank and every resume
     # trains with the same token ids. Pretrained models ignore vocab_dir.
@@ -321,6 +314,22 @@ def _load_model(config: TrainConfig, data: TrainingData, run_dir: RunDirectory, 
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable()
     return LoadedModel(resolved, tokenizer, model, spec, train_encoded, val_encoded, lr)
+
+
+def resolve_for_run(config, texts: list[str], run_dir: RunDirectory, accelerator):
+    """Resolve --model (train's or pretrain's config) and say which. For a scratch model, a resumed run must
+    hold its saved vocabulary; otherwise the main process readies the directory to build one straight into it."""
+    from bertclf.model import resolve_model
+
+    resolved = resolve_model(config.model, texts, revision=config.revision)
+    if accelerator.is_main_process:
+        console.info(f"Model {resolved.name} ({resolved.source}{', ' + str(resolved.path) if resolved.path else ''})")
+    if resolved.source == "scratch":
+        if config.resume:
+            _check_saved_vocabulary(run_dir.path)
+        elif accelerator.is_main_process:
+            run_dir.make_ready()
+    return resolved
 
 
 def _check_saved_vocabulary(output: Path) -> None:
