@@ -24,14 +24,12 @@ from bertclf.errors import DataError
 from bertclf.run_lock import RunDirectory
 from bertclf.runinfo import write_json_atomic
 from bertclf.train_loop import (
-    LoopState,
     TrainingLoop,
     TrainingRun,
     TrainLog,
     find_resume_checkpoint,
     is_better,
-    resume,
-    truncate_log,
+    start_position,
 )
 
 MANIFEST = "pretrain.json"
@@ -276,21 +274,14 @@ class PretrainingLoop(TrainingLoop):
 def start_loop(run: TrainingRun, manifest: dict, fingerprint: dict, resumed, masker) -> PretrainingLoop:
     import json
 
-    state, pending_rng = LoopState(), None
-    if resumed is not None:
-        restored = resume(run, resumed)
-        state, pending_rng = restored.state, restored.pending_rng
-        manifest["resumed_from"] = str(restored.path)
-        if run.is_main:
-            truncate_log(run.output / "train_log.jsonl", state.step)
-            console.info(f"Resuming from {restored.path} (step {state.step} of {run.total_steps}).")
+    position = start_position(run, resumed, manifest)
     if run.is_main:
         write_json_atomic(run.output / MANIFEST, manifest)
     log = TrainLog(run.output / "train_log.jsonl", run.is_main, append=bool(run.config.resume))
     metrics_file = run.output / "metrics.json"
     best = json.loads(metrics_file.read_text()) if run.config.resume and metrics_file.is_file() else {}
     best = {k: v for k, v in best.items() if k not in ("split", "step")}
-    return PretrainingLoop(run, log, fingerprint, state, pending_rng, best, masker=masker)
+    return PretrainingLoop(run, log, fingerprint, position.state, position.pending_rng, best, masker=masker)
 
 
 # -- Phase 4: finish ---------------------------------------------------------------------------------------------

@@ -34,13 +34,11 @@ from bertclf.metrics import scalar_metrics
 from bertclf.run_lock import RunDirectory
 from bertclf.runinfo import MANIFEST, model_card, write_json_atomic
 from bertclf.train_loop import (
-    LoopState,
     TrainingLoop,
     TrainingRun,
     TrainLog,
     find_resume_checkpoint,
-    resume,
-    truncate_log,
+    start_position,
 )
 
 
@@ -441,14 +439,8 @@ def start_loop(run: TrainingRun, manifest: dict, fingerprint: dict,
                resumed: checkpoint.Checkpoint | None) -> TrainingLoop:
     """The loop at step 0, or where --resume's checkpoint left it; writes the (incomplete) manifest."""
     config, output = run.config, run.output
-    state, pending_rng = LoopState(), None
-    if resumed is not None:
-        restored = resume(run, resumed)
-        state, pending_rng = restored.state, restored.pending_rng
-        manifest["resumed_from"] = str(restored.path)
-        if run.is_main:
-            truncate_log(output / "train_log.jsonl", state.step)
-            console.info(f"Resuming from {restored.path} (step {state.step} of {run.total_steps}).")
+    position = start_position(run, resumed, manifest)
+    state, pending_rng = position.state, position.pending_rng
     if run.is_main:
         write_json_atomic(output / MANIFEST, manifest)
     tracker = run.accelerator if config.report_to != "none" else None

@@ -101,7 +101,7 @@ def truncate_log(path: Path, step: int) -> None:
 class Resumed:
     state: LoopState
     pending_rng: dict | None  # RNG states to restore once the resumed epoch has started
-    path: Path
+    path: Path | None  # None: a fresh start
 
 
 def find_resume_checkpoint(config: TrainConfig, output: Path, fingerprint: dict) -> checkpoint.Checkpoint:
@@ -124,6 +124,19 @@ def resume(run: TrainingRun, resumed: checkpoint.Checkpoint) -> Resumed:
         checkpoint.restore_rng(pending_rng)
         pending_rng = None
     return Resumed(state, pending_rng, resumed.path)
+
+
+def start_position(run: TrainingRun, resumed: checkpoint.Checkpoint | None, manifest: dict) -> Resumed:
+    """Step 0, or where --resume's checkpoint left the loop (train and pretrain alike): the checkpoint loaded into
+    the run, the log cut back to its step, the manifest told where the run resumed from."""
+    if resumed is None:
+        return Resumed(LoopState(), None, None)
+    restored = resume(run, resumed)
+    manifest["resumed_from"] = str(restored.path)
+    if run.is_main:
+        truncate_log(run.output / "train_log.jsonl", restored.state.step)
+        console.info(f"Resuming from {restored.path} (step {restored.state.step} of {run.total_steps}).")
+    return restored
 
 
 class StopSignals:
