@@ -148,10 +148,7 @@ def _hub_model_info(repo_id: str, revision: str | None):
     except RepositoryNotFoundError:
         raise _not_found(repo_id) from None
     except HfHubHTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else None
-        if status in (401, 403):
-            raise _gated(repo_id) from None
-        raise _HubUnreachable(f"HTTP {status}" if status else type(exc).__name__) from None
+        raise _http_failure(repo_id, exc, _HubUnreachable) from None
     except Exception as exc:  # connection refused, DNS failure, timeout, proxy errors, a reply that is not JSON
         raise _HubUnreachable(_network_reason(exc, timeout)) from None
     if not info.sha:
@@ -310,16 +307,22 @@ def _download_errors(repo_id: str):
     except RepositoryNotFoundError:
         raise _not_found(repo_id) from None
     except HfHubHTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else None
-        if status in (401, 403):
-            raise _gated(repo_id) from None
-        raise _download_failed(repo_id, f"HTTP {status}" if status else type(exc).__name__) from None
+        raise _http_failure(repo_id, exc, lambda reason: _download_failed(repo_id, reason)) from None
     except ModelUnavailableError:
         raise
     except _Stalled as exc:
         raise _download_failed(repo_id, str(exc)) from None
     except Exception as exc:  # the connection dropped, a file came back damaged, the disk is full
         raise _download_failed(repo_id, _first_line(exc)) from None
+
+
+def _http_failure(repo_id: str, exc, otherwise) -> Exception:
+    """An HTTP error from huggingface_hub: 401/403 is a gated or private repository; any other status is
+    `otherwise(reason)` (the Hub unreachable while resolving, a failed download while fetching)."""
+    status = exc.response.status_code if exc.response is not None else None
+    if status in (401, 403):
+        return _gated(repo_id)
+    return otherwise(f"HTTP {status}" if status else type(exc).__name__)
 
 
 def _download_failed(repo_id: str, reason: str) -> ModelUnavailableError:
