@@ -7,6 +7,7 @@ card). Checkpoints are written by `bertclf.checkpoint`, the manifest is assemble
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -81,6 +82,7 @@ def train(config: TrainConfig) -> TrainResult:
     data = prepare_data(config)
     output = config.output or default_output_dir(config.train_file)
     accelerator, mixed_precision = make_accelerator(config, output)
+    config, batch_size_source = resolve_batch_size(config, data, accelerator.num_processes)
     run_dir = RunDirectory(output, overwrite=config.overwrite, resume=bool(config.resume))
     if accelerator.is_main_process:
         run_dir.claim()  # locked until train() returns; undone if the run fails before keeping anything
@@ -95,7 +97,7 @@ def train(config: TrainConfig) -> TrainResult:
                 console.warn(warning)
         fingerprint = checkpoint.fingerprint(config.to_dict(), data.hashes(), data.labels)
         resumed = find_resume_checkpoint(config, output, fingerprint) if config.resume else None
-        run, manifest = build_run(config, data, run_dir, accelerator, mixed_precision)
+        run, manifest = build_run(config, data, run_dir, accelerator, mixed_precision, batch_size_source)
         loop = start_loop(run, manifest, fingerprint, resumed)
         try:
             loop.run_all()
@@ -183,6 +185,18 @@ def _load_splits(config: TrainConfig) -> tuple[LabelledData, list[int], Labelled
 # -- The output directory and the accelerator --------------------------------------------------------------
 
 
+def resolve_batch_size(config: TrainConfig, data: TrainingData, processes: int) -> tuple[TrainConfig, str]:
+    """--batch-size auto becomes a number before anything depends on it (the fingerprint a resume checks, the
+    loader, the manifest); returns the config and where its batch size came from."""
+    from bertclf.config import auto_batch_size
+
+    if config.batch_size is not None:
+        return config, "--batch-size"
+    size = auto_batch_size(len(data.train_texts), config.epochs, max_steps=config.max_steps, processes=processes,
+                           grad_accum=config.grad_accum)
+    return dataclasses.replace(config, batch_size=size), "auto"
+
+
 def default_output_dir(train_file: Path) -> Path:
     return Path("runs") / f"{train_file.stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
@@ -262,7 +276,7 @@ class LoadedModel:
 
 
 def build_run(config: TrainConfig, data: TrainingData, run_dir: RunDirectory, accelerator,
-              mixed_precision: str) -> tuple[TrainingRun, dict]:
+              mixed_precision: str, batch_size_source: str = "--batch-size") -> tuple[TrainingRun, dict]:
     """Load the model, encode the data, build loader, optimizer and schedule; returns the run and its
     manifest (written to the run directory, with the tokenizer)."""
     import torch
@@ -275,6 +289,7 @@ def build_run(config: TrainConfig, data: TrainingData, run_dir: RunDirectory, ac
         mixed_precision=mixed_precision, device=str(accelerator.device), world_size=accelerator.num_processes,
         threads=torch.get_num_threads(), encoded={"train": built.train_encoded, "validation": built.val_encoded},
         loss_weights=data.loss_weights, steps={"total": run.total_steps, "per_epoch": run.steps_per_epoch})
+    manifest["batch_size_source"] = batch_size_source
     if run.is_main:
         if not config.resume:  # a resumed run keeps the tokenizer files it started with, untouched
             built.tokenizer.save_pretrained(str(output))
@@ -374,8 +389,8 @@ def _report_start(config: TrainConfig, data: TrainingData, built: LoadedModel, r
     console.info(
         f"Training on {len(data.train_texts)} rows, validating on {len(data.val_texts)}; {len(data.labels)} labels; "
         f"{n_params / 1e6:.1f}M parameters; {run.total_steps} steps of {config.batch_size * config.grad_accum}"
-        f"{processes}; lr {built.lr:g} ({manifest['learning_rate_source']}); device {accelerator.device}, "
-        f"precision {mixed_precision}")
+        f"{processes} ({manifest['batch_size_source']}); lr {built.lr:g} ({manifest['learning_rate_source']}); "
+        f"device {accelerator.device}, precision {mixed_precision}")
     for split, encoded in (("train", built.train_encoded), ("validation", built.val_encoded)):
         if not encoded.truncated:
             continue

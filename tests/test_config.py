@@ -2,7 +2,14 @@ from pathlib import Path
 
 import pytest
 
-from bertclf.config import EvalConfig, TrainConfig, parse_gates, parse_learning_rate
+from bertclf.config import (
+    EvalConfig,
+    TrainConfig,
+    auto_batch_size,
+    parse_batch_size,
+    parse_gates,
+    parse_learning_rate,
+)
 from bertclf.errors import EXIT_USAGE, UsageError
 
 
@@ -36,6 +43,19 @@ def test_learning_rate_auto_and_numbers():
     assert parse_learning_rate("5e-5") == 5e-5
     with pytest.raises(UsageError, match="--lr"):
         parse_learning_rate("fast")
+
+
+def test_batch_size_auto_keeps_enough_updates_on_small_files():
+    assert parse_batch_size("auto") is None and parse_batch_size(" 16 ") == 16
+    with pytest.raises(UsageError, match="--batch-size"):
+        parse_batch_size("big")
+    # 3 epochs: batch 32 from 3,200 rows (300 updates), 16 from 1,600, else 8 (however few updates that gives)
+    assert auto_batch_size(10_000, 3) == 32 and auto_batch_size(3_200, 3) == 32
+    assert auto_batch_size(3_199, 3) == 16 and auto_batch_size(1_600, 3) == 16
+    assert auto_batch_size(900, 3) == 8 and auto_batch_size(50, 3) == 8
+    assert auto_batch_size(3_200, 6) == 32 and auto_batch_size(3_200, 3, processes=2) == 16  # updates, not rows
+    assert auto_batch_size(3_200, 3, grad_accum=4) == 8
+    assert auto_batch_size(100, 3, max_steps=50) == 32  # --max-steps fixes the number of updates
 
 
 def test_gates_parse_and_reject_unknown_metrics():

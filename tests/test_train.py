@@ -221,3 +221,17 @@ def test_a_tie_on_the_metric_keeps_the_step_with_the_lower_validation_loss(tiny_
     saved, at_step = load_file(str(out / "model.safetensors")), load_file(
         str(out / "checkpoints" / f"step-{kept['step']}" / "model.safetensors"))
     assert all(bool((saved[k] == at_step[k]).all()) for k in saved)  # the run holds that step's weights
+
+
+def test_batch_size_auto_gives_small_files_enough_updates(tiny_model_dir, tmp_path, cli):
+    """240 rows (216 trained) for 1 epoch: batch 32 would make 7 updates, so auto picks 8 (27 updates); a given
+    --batch-size is kept, and the manifest says which it was."""
+    for name, extra, batch, source in (("auto", [], 8, "auto"), ("given", ["--batch-size", "16"], 16, "--batch-size")):
+        out = tmp_path / name
+        code, stdout, stderr = cli("train", EXAMPLES / "en_topics.csv", "-m", tiny_model_dir, "-o", out, "--epochs",
+                                   "1", "--json", "--cpu", *extra)
+        assert code == 0, stderr
+        manifest = json.loads((out / "bertclf.json").read_text())
+        assert manifest["config"]["batch_size"] == batch and manifest["batch_size_source"] == source
+        assert json.loads(stdout)["steps"] == -(-216 // batch)
+        assert f"steps of {batch} ({source})" in stderr

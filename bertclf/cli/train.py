@@ -11,7 +11,7 @@ import typer
 import bertclf.cli._output as _output
 from bertclf.cli._cli_utils import DATA_PANEL, MODEL_PANEL, OPT_PANEL, RUN_PANEL
 from bertclf.cli._errors import user_errors
-from bertclf.config import TrainConfig, parse_learning_rate
+from bertclf.config import TrainConfig, parse_batch_size, parse_learning_rate
 
 D = TrainConfig  # defaults live once, in the dataclass
 
@@ -61,6 +61,9 @@ EpochsOpt = Annotated[float, typer.Option(help="Passes over the training data.",
 MaxStepsOpt = Annotated[int | None, typer.Option(help="Stop after this many optimizer steps (overrides --epochs).",
                          rich_help_panel=OPT_PANEL)]
 BatchSizeOpt = Annotated[int, typer.Option(help="Examples per batch (per process).", rich_help_panel=OPT_PANEL)]
+TrainBatchSizeOpt = Annotated[str, typer.Option("--batch-size", help="Examples per batch (per process), or auto: 32, "
+                              "or 16 or 8 where 32 would give fewer than 300 optimizer updates (small files).",
+                              rich_help_panel=OPT_PANEL)]
 LrOpt = Annotated[str, typer.Option("--lr", help="Peak learning rate, or auto (by model size: 5e-5 for base "
                   "BERTs, 1e-4 for MiniLM-size, 5e-4 for scratch models).", rich_help_panel=OPT_PANEL)]
 WeightDecayOpt = Annotated[float, typer.Option(help="AdamW weight decay.", rich_help_panel=OPT_PANEL)]
@@ -128,7 +131,7 @@ def train(
     stride: StrideOpt = None,
     epochs: EpochsOpt = D.epochs,
     max_steps: MaxStepsOpt = None,
-    batch_size: BatchSizeOpt = D.batch_size,
+    batch_size: TrainBatchSizeOpt = "auto",
     lr: LrOpt = "auto",
     weight_decay: WeightDecayOpt = D.weight_decay,
     warmup_ratio: WarmupRatioOpt = D.warmup_ratio,
@@ -167,7 +170,7 @@ def train(
             multi_label=multi_label, label_separator=label_separator, model=model, revision=revision, output=output,
             overwrite=overwrite, max_length=max_length, truncation=truncation, long_text=long_text, stride=stride,
             epochs=epochs, max_steps=max_steps,
-            batch_size=batch_size, lr=parse_learning_rate(lr), weight_decay=weight_decay,
+            batch_size=parse_batch_size(batch_size), lr=parse_learning_rate(lr), weight_decay=weight_decay,
             warmup_ratio=warmup_ratio, grad_accum=grad_accum, max_grad_norm=max_grad_norm,
             eval_every=eval_every, early_stopping=early_stopping, metric=metric, seed=seed,
             mixed_precision=mixed_precision, cpu=cpu, encoding=encoding, data_format=data_format,
