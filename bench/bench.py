@@ -8,6 +8,9 @@ samples on both sides; A and B runs interleaved (ABC CBA ...), medians reported.
   help     `bertclf --help` wall time vs `python -c "import torch"`
   train    `bertclf train` samples/s vs the Trainer with run_classification.py defaults, and a tuned Trainer
   accuracy training time for bertclf to reach the dev accuracy the run_classification Trainer reaches
+  tta      time to accuracy, the headline: seconds of training until dev accuracy reaches the Trainer's one-epoch
+           accuracy and 95% of the best, for bertclf's defaults, the run_classification Trainer, the tuned Trainer
+  defaults defaults against defaults, whole process, on ~1,000 and ~10,000-row files: wall time, test accuracy
   predict  Predictor / `bertclf predict` texts/s vs transformers.pipeline (batch_size 1 and 32)
   eval     `bertclf eval` texts/s vs Trainer.evaluate() (run_classification: pad to 128, batch 8)
   rss      peak RSS of `bertclf predict` streaming a small and a large text file
@@ -39,6 +42,7 @@ from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tta  # noqa: E402
 from flops import dims, mfu  # noqa: E402
 from runner import Run, child_env, interleaved, loadavg, paired_ratio, run, summary  # noqa: E402
 
@@ -49,7 +53,7 @@ WORKER = ROOT / "bench" / "worker.py"
 PY = sys.executable
 MODEL = "all-MiniLM-L6-v2"
 DATASETS = {"en": "en_wordnet_verbs", "zh": "zh_reviews"}
-SECTIONS = ("peak", "help", "train", "accuracy", "predict", "eval", "rss")
+SECTIONS = ("peak", "help", "tta", "defaults", "train", "accuracy", "predict", "eval", "rss")
 # Hyperparameters for every training run, both sides: bertclf's defaults for MiniLM (lr auto = 1e-4), given
 # explicitly to the Trainer (whose own defaults are lr 5e-5, no warmup, no weight decay).
 LR, WARMUP, WEIGHT_DECAY, SEED, BATCH = 1e-4, 0.1, 0.01, 42, 32
@@ -73,6 +77,11 @@ class Settings:
     matmul_iters: int = 8
     # bertclf run lengths (steps of 32) tried in turn until one reaches the run_classification Trainer's accuracy
     accuracy_steps: tuple[int, ...] = (30, 45, 60, 90, 120, 180, 240)
+    # time to accuracy: training rows (0: the whole file), repeats; defaults vs defaults: file sizes (0: whole)
+    tta_rows: int = 0
+    tta_repeats: int = 3
+    defaults_rows: tuple[int, ...] = (1_000, 0)
+    defaults_repeats: int = 1
 
     @classmethod
     def quick(cls) -> Settings:
@@ -80,7 +89,7 @@ class Settings:
         return cls(steps=10, train_repeats=1, train_datasets=("en",), predict_repeats=3, predict_e2e_repeats=1,
                    predict_datasets=("en",), eval_repeats=1, eval_rows=512, eval_datasets=("en",),
                    help_repeats=5, rss_rows=(10_000, 50_000), rss_repeats=1, matmul_iters=5,
-                   accuracy_steps=(10, 20, 40))
+                   accuracy_steps=(10, 20, 40), tta_rows=1_000, tta_repeats=1, defaults_rows=(1_000,))
 
 
 @dataclass
@@ -109,8 +118,14 @@ class Bench:
     _prep: dict | None = None
     _run_dirs: dict = field(default_factory=dict)
 
+    Row = Row  # for the sections in tta.py
+    MODEL = MODEL
+
     def __post_init__(self):
         self.env = child_env(self.threads)
+
+    def say(self, message: str) -> None:
+        console.print(message)
 
     # ------------------------------------------------------------------------------------------ plumbing
     def bertclf(self, *args) -> list[str]:
@@ -174,6 +189,12 @@ class Bench:
                            "--lr", LR, "--warmup", WARMUP, "--weight-decay", WEIGHT_DECAY, "--seed", SEED,
                            "--output-dir", output, *args)
 
+    def hf_curve_cmd(self, folder: Path, train: Path, output: Path, *args) -> list[str]:
+        """The Trainer for 3 epochs on `train`, scoring dev.csv as it goes (--eval-every) and test.csv at the end."""
+        return self.worker("hf-train", "--model-dir", self.model_dir, "--data", folder, "--train-file", train,
+                           "--test-file", folder / "test.csv", "--epochs", tta.EPOCHS, "--seed", SEED,
+                           "--output-dir", output, *args)
+
     def trainer_default_cmd(self, dataset: str, output: Path) -> list[str]:
         """The Trainer as run_classification.py sets it up: batch 8, so 4x the steps for the same samples."""
         return self.hf_train_cmd(dataset, output, "--config", "default", "--batch-size", TRAINER_DEFAULT_BATCH,
@@ -225,6 +246,17 @@ class Bench:
             self.rows.append(Row("help", "", name, s["median"], "s", s["min"], s["max"],
                                  ratio=f"{ratio:.1f}x" if ratio and name != "bertclf --help" else ""))
         return {"wall_seconds": {k: summary(v) for k, v in walls.items()}, "ratio_torch_over_help": ratio}
+
+    def do_tta(self) -> dict:
+        s = self.settings
+        return {ds: tta.tta_dataset(self, ds, DATA / DATASETS[ds], s.tta_rows or None, s.tta_repeats)
+                for ds in s.train_datasets}
+
+    def do_defaults(self) -> dict:
+        s = self.settings
+        return {f"{ds}-{rows or 'all'}": tta.defaults_dataset(self, ds, DATA / DATASETS[ds], rows or None,
+                                                               s.defaults_repeats)
+                for rows in s.defaults_rows for ds in s.train_datasets}
 
     def do_train(self) -> dict:
         return {ds: self.train_dataset(ds) for ds in self.settings.train_datasets}
@@ -555,6 +587,7 @@ def main() -> int:
     parser.add_argument("--datasets", help="comma-separated datasets for train/predict/eval: en,zh")
     parser.add_argument("--steps", type=int, help="bertclf optimizer steps at batch 32 (Trainer: same samples)")
     parser.add_argument("--repeats", type=int, help="repeats for train, predict and eval")
+    parser.add_argument("--tta-rows", type=int, help="training rows for the tta section (default: the whole file)")
     parser.add_argument("--rss-rows", help="small,large row counts for the rss section, e.g. 10000,1000000")
     parser.add_argument("--threads", type=int, help="torch threads (OMP_NUM_THREADS) for every child; default: "
                         "physical cores")
@@ -580,7 +613,9 @@ def main() -> int:
         settings.steps = args.steps
     if args.repeats:
         settings.train_repeats = settings.predict_repeats = settings.predict_e2e_repeats = args.repeats
-        settings.eval_repeats = args.repeats
+        settings.eval_repeats = settings.tta_repeats = settings.defaults_repeats = args.repeats
+    if args.tta_rows is not None:
+        settings.tta_rows = args.tta_rows
     if args.rss_rows:
         small, large = (int(x) for x in args.rss_rows.split(","))
         settings.rss_rows = (small, large)

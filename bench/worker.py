@@ -180,7 +180,7 @@ def cmd_hf_train(args) -> None:
     quiet()
     imported = time.perf_counter()
     folder = Path(args.data)
-    train_texts, train_labels = read_csv(folder / "train.csv")
+    train_texts, train_labels = read_csv(Path(args.train_file) if args.train_file else folder / "train.csv")
     dev_texts, dev_labels = read_csv(folder / "dev.csv")
     labels = sorted(set(train_labels))  # run_classification sorts the label list too
     label2id = {label: i for i, label in enumerate(labels)}
@@ -196,10 +196,13 @@ def cmd_hf_train(args) -> None:
     model = AutoModelForSequenceClassification.from_pretrained(
         args.model_dir, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label2id)
     training_args = TrainingArguments(
-        output_dir=args.output_dir, per_device_train_batch_size=args.batch_size, max_steps=args.steps,
+        output_dir=args.output_dir, per_device_train_batch_size=args.batch_size,
+        max_steps=args.steps or -1, num_train_epochs=args.epochs or 3.0,
         learning_rate=args.lr, warmup_steps=args.warmup, weight_decay=args.weight_decay, max_grad_norm=1.0,
         lr_scheduler_type="linear", seed=args.seed, bf16=args.bf16, use_cpu=True, report_to="none",
-        save_strategy="no",  # bertclf's samples/s leaves checkpoint saving out too
+        # bertclf's samples/s leaves checkpoint saving out too; --save-like-default keeps run_classification's
+        # checkpoint every 500 steps (for whole-process comparisons of the two tools' defaults)
+        save_strategy="steps" if args.save_like_default else "no", save_steps=500,
         train_sampling_strategy="random" if padded else "group_by_length",
         disable_tqdm=True,
     )
@@ -218,10 +221,23 @@ def cmd_hf_train(args) -> None:
             stats["padded_sq"] += int(mask.shape[0] * mask.shape[1] ** 2)
             return super().training_step(model, inputs, *rest, **kwargs)
 
+    curve: list[dict] = []
+    dev_gold = [label2id[x] for x in dev_labels]
+
     class Clock(TrainerCallback):
-        # The training loop only: from the first step's start to the last step's end (no model load, no save).
+        # The training loop only: from the first step's start to the last step's end (no model load, no save),
+        # less the dev evaluations of --eval-every (the time-to-accuracy curve), which are timed apart.
         def on_train_begin(self, *a, **k):
-            times["begin"] = time.perf_counter()
+            times["begin"], times["eval"] = time.perf_counter(), 0.0
+
+        def on_step_end(self, targs, state, control, model=None, **k):
+            if args.eval_every and (state.global_step % args.eval_every == 0 or state.global_step == state.max_steps):
+                paused = time.perf_counter()
+                accuracy = accuracy_sorted(model, tokenizer, dev_texts, dev_gold)
+                model.train()
+                curve.append({"step": state.global_step, "samples": stats["sequences"],
+                              "train_seconds": paused - times["begin"] - times["eval"], "dev_accuracy": accuracy})
+                times["eval"] += time.perf_counter() - paused
 
         def on_train_end(self, *a, **k):
             times["end"] = time.perf_counter()
@@ -230,10 +246,19 @@ def cmd_hf_train(args) -> None:
                               data_collator=default_data_collator if padded else DataCollatorWithPadding(tokenizer),
                               processing_class=tokenizer, callbacks=[Clock()])
     output = trainer.train()
-    train_seconds = times["end"] - times["begin"]
+    if args.save_like_default:
+        trainer.save_model()  # run_classification saves the final model too
+    train_seconds = times["end"] - times["begin"] - times["eval"]
     stats["padding_fraction"] = 1 - stats["real_tokens"] / max(stats["padded_tokens"], 1)
-    dev_accuracy = accuracy_sorted(model.float(), tokenizer, dev_texts, [label2id[x] for x in dev_labels])
-    emit({"config": args.config, "bf16": args.bf16, "batch_size": args.batch_size, "steps": args.steps,
+    trained = time.perf_counter()
+    dev_accuracy = accuracy_sorted(model.float(), tokenizer, dev_texts, dev_gold)
+    test_accuracy = None
+    if args.test_file:
+        test_texts, test_labels = read_csv(Path(args.test_file))
+        test_accuracy = accuracy_sorted(model, tokenizer, test_texts, [label2id[x] for x in test_labels])
+    emit({"config": args.config, "bf16": args.bf16, "batch_size": args.batch_size, "steps": output.global_step,
+          "test_accuracy": test_accuracy, "curve": curve, "eval_seconds": times["eval"],
+          "after_train_seconds": time.perf_counter() - trained,  # the bench's own dev/test scoring
           "samples": stats["sequences"], "train_seconds": train_seconds,
           "samples_per_second": stats["sequences"] / train_seconds,
           "trainer_train_samples_per_second": output.metrics.get("train_samples_per_second"),
@@ -366,7 +391,13 @@ def main() -> None:
     p.add_argument("--config", choices=["default", "tuned"], required=True)
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--batch-size", type=int, required=True)
-    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--steps", type=int, help="optimizer steps (default: --epochs)")
+    p.add_argument("--epochs", type=float, help="epochs when --steps is not given (default 3, as run_classification)")
+    p.add_argument("--train-file", help="training CSV (default: DATA/train.csv)")
+    p.add_argument("--test-file", help="also report accuracy on this labelled CSV after training")
+    p.add_argument("--eval-every", type=int, help="dev accuracy every N steps, timed apart: a time-to-accuracy curve")
+    p.add_argument("--save-like-default", action="store_true", help="checkpoint every 500 steps and save the final "
+                   "model, as run_classification.py does by default")
     p.add_argument("--lr", type=float, required=True)
     p.add_argument("--warmup", type=float, default=0.1, help="warmup_steps; below 1 it is a share of the steps")
     p.add_argument("--weight-decay", type=float, default=0.01)

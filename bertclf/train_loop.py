@@ -369,7 +369,9 @@ class TrainingLoop:
     def _report_eval(self, metrics: dict, value: float, improved: bool) -> None:
         run, state, config = self.run, self.state, self.run.config
         self.log.write({"type": "eval", "step": state.step, "epoch": round(state.step / run.steps_per_epoch, 4),
-                        **{f"val_{k}": v for k, v in scalar_metrics(metrics).items()}, "best": improved})
+                        **{f"val_{k}": v for k, v in scalar_metrics(metrics).items()}, "best": improved,
+                        # training-loop seconds so far, evaluations excluded: time-to-accuracy curves read it
+                        "train_seconds": round(state.train_seconds, 3)})
         if run.is_main:
             accuracy = "subset_accuracy" if config.multi_label else "accuracy"
             console.info(f"step {state.step}/{run.total_steps} (epoch {state.step / run.steps_per_epoch:.2f}): "
