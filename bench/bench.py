@@ -80,6 +80,7 @@ class Settings:
     # time to accuracy: training rows (0: the whole file), repeats; defaults vs defaults: file sizes (0: whole)
     tta_rows: int = 0
     tta_repeats: int = 3
+    tta_evals_per_epoch: int = 10
     defaults_rows: tuple[int, ...] = (1_000, 0)
     defaults_repeats: int = 1
 
@@ -249,7 +250,8 @@ class Bench:
 
     def do_tta(self) -> dict:
         s = self.settings
-        return {ds: tta.tta_dataset(self, ds, DATA / DATASETS[ds], s.tta_rows or None, s.tta_repeats)
+        return {ds: tta.tta_dataset(self, ds, DATA / DATASETS[ds], s.tta_rows or None, s.tta_repeats,
+                                s.tta_evals_per_epoch)
                 for ds in s.train_datasets}
 
     def do_defaults(self) -> dict:
@@ -588,6 +590,9 @@ def main() -> int:
     parser.add_argument("--steps", type=int, help="bertclf optimizer steps at batch 32 (Trainer: same samples)")
     parser.add_argument("--repeats", type=int, help="repeats for train, predict and eval")
     parser.add_argument("--tta-rows", type=int, help="training rows for the tta section (default: the whole file)")
+    parser.add_argument("--tta-evals", type=int, help="dev evaluations per epoch in the tta section (default 10)")
+    parser.add_argument("--defaults-rows", help="comma-separated file sizes for the defaults section, 0 for the whole "
+                        "file (default: 1000,0)")
     parser.add_argument("--rss-rows", help="small,large row counts for the rss section, e.g. 10000,1000000")
     parser.add_argument("--threads", type=int, help="torch threads (OMP_NUM_THREADS) for every child; default: "
                         "physical cores")
@@ -616,6 +621,10 @@ def main() -> int:
         settings.eval_repeats = settings.tta_repeats = settings.defaults_repeats = args.repeats
     if args.tta_rows is not None:
         settings.tta_rows = args.tta_rows
+    if args.tta_evals:
+        settings.tta_evals_per_epoch = args.tta_evals
+    if args.defaults_rows:
+        settings.defaults_rows = tuple(int(x) for x in args.defaults_rows.split(","))
     if args.rss_rows:
         small, large = (int(x) for x in args.rss_rows.split(","))
         settings.rss_rows = (small, large)

@@ -24,7 +24,6 @@ from pathlib import Path
 
 from runner import interleaved, paired_ratio, summary
 
-EVALS_PER_EPOCH = 10
 EPOCHS = 3
 TRAINER_DEFAULTS = {"lr": 5e-5, "warmup": 0, "weight_decay": 0.0, "batch_size": 8}  # TrainingArguments' defaults
 SIDES = ("bertclf defaults", "Trainer run_classification defaults", "Trainer tuned")
@@ -81,15 +80,15 @@ def accuracy_after(curve: list[dict], samples: int) -> float | None:
     return within[-1]["dev_accuracy"] if within else None
 
 
-def tta_dataset(bench, ds: str, folder: Path, rows: int | None, repeats: int) -> dict:
+def tta_dataset(bench, ds: str, folder: Path, rows: int | None, repeats: int, evals_per_epoch: int = 10) -> dict:
     """`bench` is bench.Bench: it runs the commands (fresh processes, offline, same threads) and holds the rows."""
     Row, MODEL = bench.Row, bench.MODEL
     train = first_rows(folder / "train.csv", rows, bench.work / f"tta-{ds}-{rows}.csv")
     n = count_rows(train)
     ours = bertclf_settings(n, validation_given=True)
-    every = {"bertclf defaults": max(1, math.ceil(n / ours["batch_size"]) // EVALS_PER_EPOCH),
-             "Trainer run_classification defaults": max(1, math.ceil(n / 8) // EVALS_PER_EPOCH),
-             "Trainer tuned": max(1, math.ceil(n / ours["batch_size"]) // EVALS_PER_EPOCH)}
+    every = {"bertclf defaults": max(1, math.ceil(n / ours["batch_size"]) // evals_per_epoch),
+             "Trainer run_classification defaults": max(1, math.ceil(n / 8) // evals_per_epoch),
+             "Trainer tuned": max(1, math.ceil(n / ours["batch_size"]) // evals_per_epoch)}
     out = bench.work / f"tta-{ds}"
     commands = {
         "bertclf defaults": bench.bertclf(

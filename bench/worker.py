@@ -232,12 +232,19 @@ def cmd_hf_train(args) -> None:
 
         def on_step_end(self, targs, state, control, model=None, **k):
             if args.eval_every and (state.global_step % args.eval_every == 0 or state.global_step == state.max_steps):
-                paused = time.perf_counter()
-                accuracy = accuracy_sorted(model, tokenizer, dev_texts, dev_gold)
-                model.train()
-                curve.append({"step": state.global_step, "samples": stats["sequences"],
-                              "train_seconds": paused - times["begin"] - times["eval"], "dev_accuracy": accuracy})
-                times["eval"] += time.perf_counter() - paused
+                self.score(state, model)
+
+        def on_epoch_end(self, targs, state, control, model=None, **k):
+            if args.eval_every and (not curve or curve[-1]["step"] != state.global_step):
+                self.score(state, model)  # every epoch's end is on the curve ("accuracy after one epoch")
+
+        def score(self, state, model):
+            paused = time.perf_counter()
+            accuracy = accuracy_sorted(model, tokenizer, dev_texts, dev_gold)
+            model.train()
+            curve.append({"step": state.global_step, "samples": stats["sequences"],
+                          "train_seconds": paused - times["begin"] - times["eval"], "dev_accuracy": accuracy})
+            times["eval"] += time.perf_counter() - paused
 
         def on_train_end(self, *a, **k):
             times["end"] = time.perf_counter()
