@@ -80,6 +80,20 @@ def accuracy_after(curve: list[dict], samples: int) -> float | None:
     return within[-1]["dev_accuracy"] if within else None
 
 
+def trainer_defaults_cmd(bench, folder: Path, train: Path, out: Path, *extra) -> list[str]:
+    """The Trainer with run_classification.py's own defaults (TrainingArguments': batch 8, lr 5e-5, no warmup)."""
+    return bench.hf_curve_cmd(folder, train, out / "hf", "--config", "default",
+                              "--batch-size", TRAINER_DEFAULTS["batch_size"], "--lr", TRAINER_DEFAULTS["lr"],
+                              "--warmup", TRAINER_DEFAULTS["warmup"],
+                              "--weight-decay", TRAINER_DEFAULTS["weight_decay"], *extra)
+
+
+def scored_on_test(bench, doc: dict, folder: Path) -> float:
+    """`bertclf eval` of a trained run (its `train --json` summary) on the data set's test split."""
+    report = bench.run(bench.bertclf("eval", doc["run_dir"], folder / "test.csv", "--json", "--bootstrap", 0))
+    return report.json()["metrics"]["accuracy"]
+
+
 def tta_dataset(bench, ds: str, folder: Path, rows: int | None, repeats: int, evals_per_epoch: int = 10) -> dict:
     """`bench` is bench.Bench: it runs the commands (fresh processes, offline, same threads) and holds the rows."""
     Row, MODEL = bench.Row, bench.MODEL
@@ -94,11 +108,8 @@ def tta_dataset(bench, ds: str, folder: Path, rows: int | None, repeats: int, ev
         "bertclf defaults": bench.bertclf(
             "train", train, "--validation", folder / "dev.csv", "--model", MODEL, "--cpu", "--json",
             "--mixed-precision", "no", "--eval-every", every["bertclf defaults"], "-o", out / "bertclf", "--overwrite"),
-        "Trainer run_classification defaults": bench.hf_curve_cmd(
-            folder, train, out / "hf", "--config", "default", "--batch-size", TRAINER_DEFAULTS["batch_size"],
-            "--lr", TRAINER_DEFAULTS["lr"], "--warmup", TRAINER_DEFAULTS["warmup"],
-            "--weight-decay", TRAINER_DEFAULTS["weight_decay"],
-            "--eval-every", every["Trainer run_classification defaults"]),
+        "Trainer run_classification defaults": trainer_defaults_cmd(
+            bench, folder, train, out, "--eval-every", every["Trainer run_classification defaults"]),
         "Trainer tuned": bench.hf_curve_cmd(
             folder, train, out / "hf", "--config", "tuned", "--batch-size", ours["batch_size"], "--lr", ours["lr"],
             "--warmup", ours["warmup"], "--weight-decay", ours["weight_decay"], "--eval-every", every["Trainer tuned"]),
@@ -111,9 +122,8 @@ def tta_dataset(bench, ds: str, folder: Path, rows: int | None, repeats: int, ev
         if name == "bertclf defaults":
             manifest = json.loads((Path(doc["run_dir"]) / "bertclf.json").read_text(encoding="utf-8"))
             batch = manifest["config"]["batch_size"]
-            test = bench.run(bench.bertclf("eval", doc["run_dir"], folder / "test.csv", "--json", "--bootstrap", 0))
             record = {"curve": bertclf_curve(Path(doc["run_dir"]), batch), "batch_size": batch,
-                      "learning_rate": manifest["learning_rate"], "test_accuracy": test.json()["metrics"]["accuracy"]}
+                      "learning_rate": manifest["learning_rate"], "test_accuracy": scored_on_test(bench, doc, folder)}
         else:
             record = {"curve": doc["curve"], "batch_size": doc["batch_size"], "test_accuracy": doc["test_accuracy"]}
         runs[name].append({**record, **result.brief()})
@@ -150,10 +160,7 @@ def defaults_dataset(bench, ds: str, folder: Path, rows: int | None, repeats: in
     commands = {
         "bertclf defaults": bench.bertclf("train", train, "--model", MODEL, "--json", "-o", out / "bertclf",
                                           "--overwrite"),
-        "Trainer run_classification defaults": bench.hf_curve_cmd(
-            folder, train, out / "hf", "--config", "default", "--batch-size", TRAINER_DEFAULTS["batch_size"],
-            "--lr", TRAINER_DEFAULTS["lr"], "--warmup", TRAINER_DEFAULTS["warmup"],
-            "--weight-decay", TRAINER_DEFAULTS["weight_decay"], "--save-like-default"),
+        "Trainer run_classification defaults": trainer_defaults_cmd(bench, folder, train, out, "--save-like-default"),
     }
     runs: dict[str, list[dict]] = {name: [] for name in commands}
     for repeat, name in interleaved(list(commands), repeats):
@@ -161,9 +168,8 @@ def defaults_dataset(bench, ds: str, folder: Path, rows: int | None, repeats: in
         result = bench.run(commands[name])
         doc = result.json()
         if name == "bertclf defaults":
-            test = bench.run(bench.bertclf("eval", doc["run_dir"], folder / "test.csv", "--json", "--bootstrap", 0))
             manifest = json.loads((Path(doc["run_dir"]) / "bertclf.json").read_text(encoding="utf-8"))
-            record = {"wall_s": result.wall_s, "test_accuracy": test.json()["metrics"]["accuracy"],
+            record = {"wall_s": result.wall_s, "test_accuracy": scored_on_test(bench, doc, folder),
                       "batch_size": manifest["config"]["batch_size"], "steps": doc["steps"],
                       "mixed_precision": manifest["mixed_precision"]}
         else:  # the worker also scores dev and test after training: not part of what a user's run costs

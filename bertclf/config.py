@@ -191,25 +191,22 @@ def auto_batch_size(train_rows: int, epochs: float, *, max_steps: int | None = N
     return AUTO_BATCH_SIZES[-1]
 
 
-def parse_batch_size(value: str) -> int | None:
-    """`--batch-size auto` or a whole number; the CLI passes the text here so the message names the flag."""
+def _parse_auto(value: str, flag: str, convert, example: str):
+    """`FLAG auto` (None) or a number; the CLI passes the text here so the message names the flag."""
     if value.strip().lower() == "auto":
         return None
     try:
-        return int(value)
+        return convert(value)
     except ValueError:
-        raise UsageError(f"Invalid value for --batch-size: {value!r}. Give a whole number such as 32, "
-                         "or 'auto'.") from None
+        raise UsageError(f"Invalid value for {flag}: {value!r}. Give {example}, or 'auto'.") from None
+
+
+def parse_batch_size(value: str) -> int | None:
+    return _parse_auto(value, "--batch-size", int, "a whole number such as 32")
 
 
 def parse_learning_rate(value: str) -> float | None:
-    """`--lr auto` or a number; the CLI passes the text here so the message names the flag."""
-    if value.strip().lower() == "auto":
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        raise UsageError(f"Invalid value for --lr: {value!r}. Give a rate such as 5e-5, or 'auto'.") from None
+    return _parse_auto(value, "--lr", float, "a rate such as 5e-5")
 
 
 @dataclass(frozen=True)
