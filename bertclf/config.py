@@ -19,6 +19,7 @@ BACKENDS = ("torch", "onnx")  # onnx: the run's onnx/model.onnx (bertclf export)
 LONG_TEXT_MODES = ("truncate", "chunks")  # chunks: overlapping windows, probabilities averaged per text
 REPORT_TO = ("none", "tensorboard", "wandb", "mlflow")
 MIXED_PRECISION_MODES = ("auto", "no", "fp16", "bf16")
+COMPILE_MODES = ("auto", "yes", "no")  # --compile (bertclf.compiling); auto: only where it was measured to pay
 # Single-number metrics of metrics.classification_metrics: --fail-under gates take any of them.
 SCALAR_METRICS = ("accuracy", "macro_f1", "micro_f1", "weighted_f1", "macro_precision", "macro_recall",
                   "weighted_precision", "weighted_recall", "micro_precision", "micro_recall", "mcc", "roc_auc")
@@ -124,6 +125,7 @@ class TrainConfig:
     report_to: str = "none"  # an accelerate tracker: tensorboard, wandb, mlflow
     class_weights: str | None = None  # "balanced" or "LABEL=WEIGHT,...": weighted cross-entropy
     calibration: bool = True  # single-label: fit a temperature on validation, fold it into the classifier
+    compile: str = "auto"  # torch.compile the training forward/backward: auto, yes, no (bertclf.compiling)
     argv: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
@@ -145,6 +147,7 @@ class TrainConfig:
         _check(self.metric in selectable, "--metric", self.metric,
                f"Choose one of{' (multi-label)' if self.multi_label else ''}: {', '.join(selectable)}.")
         _check(self.report_to in REPORT_TO, "--report-to", self.report_to, f"Choose one of: {', '.join(REPORT_TO)}.")
+        check_compile(self.compile)
 
     @property
     def greater_is_better(self) -> bool:
@@ -253,6 +256,15 @@ class EvalConfig:
                              hint="Drop --bootstrap 0, or gate the point value (for example macro_f1=0.85).")
 
 
+def check_compile(mode: str, *, backend: str = "torch", quantize: str | None = None) -> None:
+    """--compile of train and predict (predict's with its --backend and --quantize)."""
+    _check(mode in COMPILE_MODES, "--compile", mode, f"Choose one of: {', '.join(COMPILE_MODES)}.")
+    if mode == "yes" and (backend != "torch" or quantize):
+        raise UsageError("Invalid value for --compile: 'yes'. torch.compile applies to the torch model in full "
+                         "precision, not to --backend onnx or --quantize int8.",
+                         hint="Drop --compile yes, or --backend onnx / --quantize.")
+
+
 def check_backend(backend: str) -> None:
     """--backend of predict, eval and serve."""
     _check(backend in BACKENDS, "--backend", backend, f"Choose one of: {', '.join(BACKENDS)}.")
@@ -328,9 +340,11 @@ class PredictConfig:
     cpu: bool = False
     quantize: str | None = None
     backend: str = "torch"  # or "onnx": the run's onnx/model.onnx (bertclf export) on onnxruntime
+    compile: str = "auto"  # torch.compile the inference forward: auto, yes, no (bertclf.compiling)
 
     def __post_init__(self) -> None:
         check_backend(self.backend)
+        check_compile(self.compile, backend=self.backend, quantize=self.quantize)
         if (self.input is None) == (not self.texts):
             raise UsageError("Give either an INPUT file (or - for stdin) or --text, not both and not neither.")
         _check(self.top_k >= 1, "--top-k", self.top_k, "Give 1 or more.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,13 +12,14 @@ import numpy as np
 
 from bertclf import console
 from bertclf.batching import fixed_chunks, timed_chunks
-from bertclf.config import BACKENDS, PredictConfig
+from bertclf.config import BACKENDS, PredictConfig, check_compile
 from bertclf.encoding import Encoded, EncodingSpec, encode
 from bertclf.errors import UsageError
 from bertclf.labels import DEFAULT_THRESHOLD, LabelSpace, parse_threshold_option
 from bertclf.prediction_rows import prediction_row, rows_from_options
 
 if TYPE_CHECKING:
+    from bertclf.compiling import CompileReport
     from bertclf.streams import InputRecords
 
 # A text to classify, or a (text, second text) pair for a model trained with --text-pair-column.
@@ -46,6 +48,7 @@ class Predictor:
 
     def __init__(self, run_dir: Path, manifest: dict, tokenizer, model, device, *, max_length: int | None = None,
                  truncation: str | None = None, threshold: str | None = None):
+        self.compile_report: CompileReport | None = None  # set by from_dir: what --compile did, and its cost
         self.run_dir = Path(run_dir)
         self.manifest = manifest
         self.tokenizer = tokenizer
@@ -78,10 +81,13 @@ class Predictor:
     @classmethod
     def from_dir(cls, run_dir: Path | str, *, cpu: bool = False, max_length: int | None = None,
                  truncation: str | None = None, quantize: str | None = None,
-                 threshold: str | None = None, backend: str = "torch") -> Predictor:
+                 threshold: str | None = None, backend: str = "torch", compile: str = "auto") -> Predictor:
         """Load a run. backend "onnx" runs RUN_DIR/onnx/model.onnx (model_quantized.onnx with quantize int8)
-        with onnxruntime on the CPU, in the same inference engine; it needs no model.safetensors."""
+        with onnxruntime on the CPU, in the same inference engine; it needs no model.safetensors. compile
+        "yes" compiles the torch model's forward (bertclf.compiling) and compiles it here, before returning."""
         import torch
+
+        check_compile(compile, backend=backend, quantize=quantize)
 
         if backend not in BACKENDS:
             raise UsageError(f"Invalid value for --backend: {backend!r}. Choose one of: {', '.join(BACKENDS)}.")
@@ -101,8 +107,34 @@ class Predictor:
         if quantize and backend == "torch":
             model = quantize_int8(model, quantize)
         model.to(device)
-        return cls(Path(run_dir), manifest, tokenizer, model, device, max_length=max_length, truncation=truncation,
-                   threshold=threshold)
+        predictor = cls(Path(run_dir), manifest, tokenizer, model, device, max_length=max_length,
+                        truncation=truncation, threshold=threshold)
+        predictor.compile_report = predictor._compile(compile if backend == "torch" and not quantize else "no")
+        return predictor
+
+    def _compile(self, requested: str) -> CompileReport:
+        """--compile: compile the model's inference forward now, on two made-up texts, so the compile time is
+        measured apart from the predictions. A compile that fails is reported and prediction runs eagerly."""
+        from bertclf import compiling
+        from bertclf.inference import predict_logits
+
+        if not compiling.resolve_compile(requested, self.device.type):
+            return compiling.CompileReport(requested, enabled=False)
+        forward = compiling.compile_model(self.model, training=False)
+        cls_id, sep_id = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
+        filler = self.tokenizer.unk_token_id if self.tokenizer.unk_token_id is not None else sep_id
+        # Two texts of different lengths, neither padded length 2 (the batch size; see compiling's duck shaping).
+        warm_up = Encoded(input_ids=[[cls_id, *[filler] * 7, sep_id], [cls_id, filler, filler, sep_id]],
+                          token_type_ids=None, text_index=[0, 1], n_texts=2, truncated=0)
+        try:
+            seconds = compiling.timed_warm_up(lambda: predict_logits(self.model, self.tokenizer, warm_up, 64,
+                                                                     device=self.device))
+        except Exception as error:  # torch.compile fails in many ways (InductorError, BackendCompilerFailed, ...)
+            forward.disable()
+            reason = compiling.compile_failed(error)
+            console.warn(f"torch.compile failed, predicting without it: {reason}")
+            return compiling.CompileReport(requested, enabled=False, error=reason)
+        return compiling.CompileReport(requested, enabled=True, seconds=seconds, graphs=forward.graphs)
 
     def probabilities_of(self, texts: Sequence[str], pairs: Sequence[str] | None = None,
                          batch_size: int = 64) -> tuple[np.ndarray, Encoded]:
@@ -171,6 +203,7 @@ class Predictor:
         fmt = output_format(config.output, config.output_format)
         top_k = min(config.top_k, len(self.labels))
         summary = PredictSummary()
+        started = time.perf_counter()
         writer = RowWriter(config.output, fmt)
         success = False
         try:
@@ -184,6 +217,7 @@ class Predictor:
             success = True
         finally:
             writer.close(success)
+        summary.predict_seconds = time.perf_counter() - started
         return summary
 
 
@@ -221,6 +255,8 @@ def open_rows(config: PredictConfig, manifest: dict) -> RowSource:
 class PredictSummary:
     rows: int = 0  # rows read and written
     empty: int = 0  # of which had an empty text (written with an empty label)
+    predict_seconds: float = 0.0  # reading, predicting and writing the rows (loading and compiling excluded)
+    compile_seconds: float | None = None  # --compile: the time torch.compile took; None when not compiled
 
 
 def run_predict(config: PredictConfig) -> PredictSummary:
@@ -229,8 +265,10 @@ def run_predict(config: PredictConfig) -> PredictSummary:
 
     source = open_rows(config, read_manifest(config.run_dir))
     predictor = Predictor.from_dir(config.run_dir, cpu=config.cpu, quantize=config.quantize,
-                                   threshold=config.threshold, backend=config.backend)
+                                   threshold=config.threshold, backend=config.backend, compile=config.compile)
     summary = predictor.predict_file(config, source)
+    if predictor.compile_report is not None and predictor.compile_report.enabled:
+        summary.compile_seconds = predictor.compile_report.seconds
     if summary.empty:
         console.warn(f"{summary.empty} of {summary.rows} input row(s) had an empty text; their label is left "
                      "empty.")

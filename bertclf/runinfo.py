@@ -96,7 +96,9 @@ def complete_manifest(manifest: dict[str, Any], *, metric: str, state, total_sec
         "stopped_early": state.stopped_early,
         "timings": {"train_seconds": round(state.train_seconds, 2),
                     "total_seconds": round(total_seconds, 2),
-                    "samples_per_second": round(state.samples_seen / max(state.train_seconds, 1e-9), 2)},
+                    "samples_per_second": round(state.samples_seen / max(state.train_seconds, 1e-9), 2),
+                    # --compile: torch.compile's time, outside train_seconds (so samples/s leaves it out)
+                    **({"compile_seconds": manifest["compile"]["seconds"]} if "compile" in manifest else {})},
     })
 
 

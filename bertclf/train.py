@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bertclf import checkpoint, console, runinfo
+from bertclf import checkpoint, compiling, console, runinfo
 from bertclf.config import TrainConfig
 from bertclf.data import (
     LabelledData,
@@ -56,6 +56,7 @@ class TrainResult:
     samples_per_second: float
     manifest: dict[str, Any] = field(repr=False, default_factory=dict)
     is_main_process: bool = True  # in a distributed run, only the main process reports
+    compile_seconds: float | None = None  # --compile: torch.compile's time, not counted in train_seconds
 
     def summary(self) -> dict[str, Any]:
         """The `--json` document."""
@@ -71,7 +72,9 @@ class TrainResult:
             "mixed_precision": self.manifest.get("mixed_precision"),
             "world_size": self.manifest.get("world_size"),
             "timings": {"train_seconds": round(self.train_seconds, 2),
-                        "samples_per_second": round(self.samples_per_second, 2)},
+                        "samples_per_second": round(self.samples_per_second, 2),
+                        "compile_seconds": None if self.compile_seconds is None else round(self.compile_seconds, 2)},
+            "compile": self.manifest.get("compile"),
         }
 
 
@@ -82,6 +85,7 @@ def train(config: TrainConfig) -> TrainResult:
     data = prepare_data(config)
     output = config.output or default_output_dir(config.train_file)
     accelerator, mixed_precision = make_accelerator(config, output)
+    compiling.resolve_compile(config.compile, accelerator.device.type)  # --compile yes: fail before any model loads
     config, batch_size_source = resolve_batch_size(config, data, accelerator.num_processes)
     run_dir = RunDirectory(output, overwrite=config.overwrite, resume=bool(config.resume))
     if accelerator.is_main_process:
@@ -283,12 +287,13 @@ def build_run(config: TrainConfig, data: TrainingData, run_dir: RunDirectory, ac
 
     output = run_dir.path
     built = _load_model(config, data, run_dir, accelerator)
-    run = _build_loop_parts(config, data, built, output, accelerator)
+    run, compiled = _build_loop_parts(config, data, built, output, accelerator)
     manifest = runinfo.train_manifest(
         config, data=data, spec=built.spec, model=built.resolved.describe(), lr=built.lr,
         mixed_precision=mixed_precision, device=str(accelerator.device), world_size=accelerator.num_processes,
         threads=torch.get_num_threads(), encoded={"train": built.train_encoded, "validation": built.val_encoded},
         loss_weights=data.loss_weights, steps={"total": run.total_steps, "per_epoch": run.steps_per_epoch})
+    manifest["compile"] = compiled.to_dict()
     manifest["batch_size_source"] = batch_size_source
     if run.is_main:
         if not config.resume:  # a resumed run keeps the tokenizer files it started with, untouched
@@ -355,7 +360,7 @@ def _check_saved_vocabulary(output: Path) -> None:
 
 
 def _build_loop_parts(config: TrainConfig, data: TrainingData, built: LoadedModel, output: Path,
-                      accelerator) -> TrainingRun:
+                      accelerator) -> tuple[TrainingRun, compiling.CompileReport]:
     import torch
     from transformers import get_linear_schedule_with_warmup
 
@@ -365,20 +370,67 @@ def _build_loop_parts(config: TrainConfig, data: TrainingData, built: LoadedMode
     sampler = LengthGroupedSampler(built.train_encoded.lengths, global_batch, config.seed)
     # With --long-text chunks every window of a text is a training example with the text's label(s).
     train_dataset = EncodedDataset(built.train_encoded, built.train_encoded.per_sequence(data.train_targets.tolist()))
+    collate = padding_collator(built.tokenizer)
     train_loader = torch.utils.data.DataLoader(train_dataset, batch_size=global_batch, sampler=sampler,
-                                               collate_fn=padding_collator(built.tokenizer))
+                                               collate_fn=collate)
+    compile_on = compiling.resolve_compile(config.compile, accelerator.device.type)
     optimizer = _build_optimizer(built.model, config, built.lr)
+    # Compiled in place before prepare: the model stays the same object (no _orig_mod. in its weights' names)
+    # and accelerate's autocast, for mixed precision, wraps the compiled forward.
+    forward = compiling.compile_model(built.model, training=True) if compile_on else None
     model, optimizer, train_loader = accelerator.prepare(built.model, optimizer, train_loader)
     steps_per_epoch = max(1, math.ceil(len(train_loader) / config.grad_accum))
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
     # The scheduler is stepped by hand once per optimizer step (not prepared: accelerate would step it
     # once per process).
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
-    return TrainingRun(config=config, output=output, accelerator=accelerator, model=model, tokenizer=built.tokenizer,
-                       optimizer=optimizer, scheduler=scheduler, train_loader=train_loader, sampler=sampler,
-                       compute_loss=compute_loss, space=data.space, val_encoded=built.val_encoded,
-                       val_targets=data.val_targets, global_batch=global_batch, steps_per_epoch=steps_per_epoch,
-                       total_steps=total_steps, eval_every=config.eval_every or steps_per_epoch)
+    run = TrainingRun(config=config, output=output, accelerator=accelerator, model=model, tokenizer=built.tokenizer,
+                      optimizer=optimizer, scheduler=scheduler, train_loader=train_loader, sampler=sampler,
+                      compute_loss=compute_loss, space=data.space, val_encoded=built.val_encoded,
+                      val_targets=data.val_targets, global_batch=global_batch, steps_per_epoch=steps_per_epoch,
+                      total_steps=total_steps, eval_every=config.eval_every or steps_per_epoch)
+    if forward is None:
+        return run, compiling.CompileReport(config.compile, enabled=False)
+    return run, _compile_training(run, forward, train_dataset, collate)
+
+
+def _compile_training(run: TrainingRun, forward, train_dataset, collate) -> compiling.CompileReport:
+    """--compile: compile the training step's forward and backward now, on the first training texts, so the
+    loop's samples/s leaves the compile time out (it is reported apart). The warm-up steps change nothing: the
+    random generators are restored (dropout draws from them) and the gradients dropped, so the loop then runs
+    as it would have without them."""
+    import torch
+
+    config, accelerator = run.config, run.accelerator
+    lengths = [len(train_dataset[i]["input_ids"]) for i in range(min(config.batch_size, len(train_dataset)))]
+    rows = compiling.warm_up_rows(lengths, config.batch_size)
+    batch = {k: v.to(accelerator.device)
+             for k, v in collate([train_dataset[i % len(train_dataset)] for i in range(rows)]).items()}
+
+    def step() -> None:
+        inputs = dict(batch)
+        targets = inputs.pop("labels")
+        accelerator.backward(run.compute_loss(run.model(**inputs).logits, targets))
+
+    if run.is_main:
+        console.info("Compiling the model for training (torch.compile; a minute or more on a small CPU)...")
+    report = compiling.CompileReport(config.compile, enabled=True)
+    run.model.train()  # the graph compiled is the training mode's (a loaded model starts in eval mode)
+    with torch.random.fork_rng(devices=[accelerator.device] if accelerator.device.type == "cuda" else []):
+        try:
+            report.seconds = compiling.timed_warm_up(step)
+        except Exception as error:  # torch.compile fails in many ways (InductorError, BackendCompilerFailed, ...)
+            forward.disable()
+            report.enabled, report.error = False, compiling.compile_failed(error)
+            console.warn(f"torch.compile failed, training without it: {report.error}")
+    run.model.eval()
+    for param in run.model.parameters():
+        param.grad = None
+    if report.enabled:
+        report.graphs = forward.graphs
+        if run.is_main:
+            console.info(f"Compiled in {report.seconds:.1f} s, not counted as training time.")
+    return report
 
 
 def _report_start(config: TrainConfig, data: TrainingData, built: LoadedModel, run: TrainingRun, manifest: dict,
@@ -486,6 +538,9 @@ def finish_run(run: TrainingRun, loop: TrainingLoop, manifest: dict, data: Train
     elif run.is_main:
         best_metrics, calibration = _calibrate(run, data, state.best_step, best_metrics)
     accelerator.wait_for_everyone()
+    forward = compiling.compiled_forward(accelerator.unwrap_model(run.model))
+    if manifest["compile"]["enabled"] and forward is not None:  # recompiles during the loop, if any, show here
+        manifest["compile"]["graphs"] = forward.graphs
     runinfo.complete_manifest(manifest, metric=run.config.metric, state=state,
                               total_seconds=time.perf_counter() - started, calibration=calibration)
     if run.is_main:
@@ -505,6 +560,7 @@ def finish_run(run: TrainingRun, loop: TrainingLoop, manifest: dict, data: Train
         samples_per_second=state.samples_seen / max(state.train_seconds, 1e-9),
         manifest=manifest,
         is_main_process=run.is_main,
+        compile_seconds=manifest["compile"]["seconds"],
     )
 
 

@@ -61,7 +61,8 @@ def test_json_summary_and_determinism(tiny_model_dir, tmp_path, cli):
         assert code == 0, stderr
         summary = json.loads(stdout)
         assert summary["run_dir"] == str(tmp_path / name) and summary["steps"] == 6
-        assert set(summary["timings"]) == {"train_seconds", "samples_per_second"}
+        assert set(summary["timings"]) == {"train_seconds", "samples_per_second", "compile_seconds"}
+        assert summary["timings"]["compile_seconds"] is None and summary["compile"]["enabled"] is False
         assert "macro_f1" in summary["validation_metrics"]
         hashes.append(hashlib.sha256((tmp_path / name / "model.safetensors").read_bytes()).hexdigest())
     assert hashes[0] == hashes[1]  # same seed, data, threads and versions: byte-identical weights

@@ -93,6 +93,9 @@ MixedPrecisionOpt = Annotated[str, typer.Option(help="auto, no, fp16 or bf16. au
                                "on CPUs without native bf16.", rich_help_panel=RUN_PANEL)]
 CpuOpt = Annotated[bool, typer.Option(help="Train on the CPU even if a GPU is present.",
                    rich_help_panel=RUN_PANEL)]
+CompileOpt = Annotated[str, typer.Option("--compile", help="torch.compile the training step: auto, yes or no. auto "
+                       "compiles only where it was measured to pay (nowhere yet: not on 2-core CPUs); yes pays a "
+                       "one-off compile time, reported apart from samples/s.", rich_help_panel=RUN_PANEL)]
 GradientCheckpointingOpt = Annotated[bool, typer.Option(help="Recompute activations during backward: less "
                                       "memory for large models on small GPUs, about 30% slower.",
                                       rich_help_panel=RUN_PANEL)]
@@ -147,6 +150,7 @@ def train(
     overwrite: OverwriteOpt = False,
     mixed_precision: MixedPrecisionOpt = D.mixed_precision,
     cpu: CpuOpt = False,
+    compile: CompileOpt = D.compile,
     gradient_checkpointing: GradientCheckpointingOpt = False,
     report_to: ReportToOpt = D.report_to,
     log_every: LogEveryOpt = D.log_every,
@@ -176,7 +180,7 @@ def train(
             mixed_precision=mixed_precision, cpu=cpu, encoding=encoding, data_format=data_format,
             drop_empty=drop_empty, log_every=log_every, save_every=save_every, keep=keep, resume=resume,
             gradient_checkpointing=gradient_checkpointing, report_to=report_to, class_weights=class_weights,
-            calibration=calibration, argv=tuple(sys.argv),
+            calibration=calibration, compile=compile, argv=tuple(sys.argv),
         )
         from bertclf.train import train as run_training
 
