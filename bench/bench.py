@@ -160,9 +160,9 @@ class Bench:
             self.results["prep"] = self._prep
         return self._prep
 
-    def peak(self) -> float | None:
+    def peak(self, dtype: str = "float32") -> float | None:
         try:
-            return self.prep()["peak"]["float32"]
+            return self.prep()["peak"][dtype]
         except Exception:
             return None
 
@@ -386,23 +386,26 @@ class Bench:
         n = doc["texts"]
         dim, peak = self.dims(ds), self.peak()
         rates = {name: [n / t for t in seconds] for name, seconds in doc["seconds"].items()}
-        stat_keys = {"bertclf": "predict_bertclf", "bertclf_int8": "predict_bertclf", "pipeline_bs1": "pipeline_bs1",
-                     "pipeline_bs32": "pipeline_bs32"}
-        labels = {"bertclf": "bertclf Predictor.predict_proba", "bertclf_int8": "bertclf --quantize int8",
+        stat_keys = {"bertclf": "predict_bertclf", "bertclf_int8": "predict_bertclf", "bertclf_bf16": "predict_bertclf",
+                     "pipeline_bs1": "pipeline_bs1", "pipeline_bs32": "pipeline_bs32"}
+        labels = {"bertclf": "bertclf Predictor.predict_proba (fp32)", "bertclf_int8": "bertclf --quantize int8",
+                  "bertclf_bf16": "bertclf --precision bf16",
                   "pipeline_bs1": "pipeline batch_size=1", "pipeline_bs32": "pipeline batch_size=32"}
         figures = {}
         for name, values in rates.items():
             rate = summary(values)
-            util = mfu(self.stats(ds, stat_keys[name]), dim, n / rate["median"], peak, training=False,
+            # bf16 is measured against the bf16 matmul peak: what the hardware offers it.
+            util = mfu(self.stats(ds, stat_keys[name]), dim, n / rate["median"],
+                       self.peak("bfloat16") if name == "bertclf_bf16" else peak, training=False,
                        cls_only=name.startswith("bertclf"))
             agree = doc["agreement_with_bertclf"].get(name)
-            if name == "bertclf_int8":  # int8 against bertclf's own fp32: the speed-up and what it costs
+            if name in ("bertclf_int8", "bertclf_bf16"):  # against bertclf's own fp32: the speed-up and its cost
                 ratio = paired_ratio(values, rates["bertclf"])
                 change = doc["accuracy"][name] - doc["accuracy"]["bertclf"]
                 figures[name] = {"texts_per_second": rate, "ratio_over_fp32": ratio, "mfu": util,
                                  "accuracy": doc["accuracy"][name], "accuracy_change_points": 100 * change,
                                  "agreement_with_bertclf": agree}
-                note = f"vs fp32: {ratio:.2f}x, accuracy {100 * change:+.1f} points"
+                note = f"vs fp32: {ratio:.2f}x, accuracy {100 * change:+.1f} points, same label {agree:.1%}"
                 self.rows.append(Row("predict", ds, labels[name], rate["median"], "texts/s", rate["min"],
                                      rate["max"], "", doc["accuracy"][name], util, note))
                 continue
@@ -415,7 +418,7 @@ class Bench:
 
         # End to end, imports and model load included: the CLI vs a pipeline script, interleaved.
         e2e = {"bertclf predict (CLI)": self.bertclf("predict", run_dir, test, "-o", self.work / "pred.jsonl",
-                                                     "--cpu"),
+                                                     "--cpu", "--precision", "fp32"),  # as the pipeline
                "pipeline script, batch_size=32": self.worker("pipeline-e2e", "--run-dir", run_dir, "--data", test,
                                                              "--output", self.work / "pipe.jsonl")}
         walls: dict[str, list[float]] = {name: [] for name in e2e}
@@ -446,7 +449,7 @@ class Bench:
             with open(test, "w", encoding="utf-8", newline="") as handle:
                 csv.writer(handle).writerows(rows)
         run_dir = self.run_dir(ds)
-        variants = {"bertclf eval": self.bertclf("eval", run_dir, test, "--json", "--cpu"),
+        variants = {"bertclf eval": self.bertclf("eval", run_dir, test, "--json", "--cpu", "--precision", "fp32"),
                     "Trainer.evaluate()": self.worker("hf-eval", "--run-dir", run_dir, "--data", test,
                                                       "--output-dir", self.work / "hf-eval")}
         runs: dict[str, list[dict]] = {name: [] for name in variants}

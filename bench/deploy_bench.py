@@ -73,7 +73,8 @@ def bench_predict(run: Path, texts: list[str], gold: list[str], repeats: int) ->
 
     from bertclf.predict import Predictor
 
-    predictors = {name: Predictor.from_dir(run, cpu=True, backend=b, quantize=q) for name, (b, q) in VARIANTS.items()}
+    predictors = {name: Predictor.from_dir(run, cpu=True, backend=b, quantize=q, precision="fp32")
+                  for name, (b, q) in VARIANTS.items()}
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}
     accuracy = {}
     names = list(VARIANTS)
@@ -109,7 +110,7 @@ def start_server(kind: str, run: Path) -> tuple[subprocess.Popen, str]:
     else:
         backend, quantize = {"bertclf serve torch": ("torch", None), "bertclf serve onnx int8": ("onnx", "int8")}[kind]
         argv = [sys.executable, "-m", "bertclf", "serve", str(run), "--port", str(port), "--backend", backend,
-                *(["--quantize", quantize] if quantize else [])]
+                *(["--quantize", quantize] if quantize else []), "--precision", "fp32"]  # as the README's figures
     process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
     return process, f"http://127.0.0.1:{port}"

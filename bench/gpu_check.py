@@ -1,7 +1,8 @@
 """The GPU check (issue 18): fp32 against bf16 training, time to accuracy, prediction speed, MFU and peak memory.
 
     .venv/bin/python bench/gpu_check.py                 # on a CUDA GPU, about 5-8 minutes
-    .venv/bin/python bench/gpu_check.py --device cpu --steps 6 --models minilm   # a smoke test of the script
+    .venv/bin/python bench/gpu_check.py --device cpu --steps 20 --predict-rows 300   # the same on a CPU (bf16 only
+                                                # where it has AMX or AVX512-BF16), about 10 minutes on 2 cores
 
 Runs in one process through bertclf's Python API (`bertclf.train.train`, `Predictor`), so peak memory comes from
 torch.cuda.max_memory_allocated. Models: the packaged all-MiniLM-L6-v2 on en_wordnet_verbs, and a BERT of
@@ -9,8 +10,10 @@ bert-base-chinese's shape (12 x 768, 21,128-token vocabulary) with random weight
 zh_reviews (no download: its speed is the base model's; its accuracy is not a pretrained model's). For each model
 and precision: training samples/s (loop only), time to the dev accuracy that fp32 reaches at its first evaluation
 (from train_log.jsonl), peak memory, MFU against the GPU's published dense peak (tensor cores for bf16, the
-non-tensor fp32 peak for fp32, as vendors publish them); then prediction texts/s on the test split. Results go to
-bench/results/gpu-<time>.json and a table on stdout.
+non-tensor fp32 peak for fp32, as vendors publish them; on a CPU the fp32 and bf16 matmul peaks measured here);
+then the bf16-trained model predicts the test split with `--precision fp32` and `bf16`: texts/s, the share of
+texts with the same label, MFU against each peak. Results go to bench/results/gpu-<time>.json (cpu-<time>.json
+with --device cpu) and a table on stdout.
 """
 
 from __future__ import annotations
@@ -95,40 +98,68 @@ def train_once(model: str, dataset: str, precision: str, steps: int, device: str
             "dev_accuracy": max(accuracies), "first_eval_accuracy": accuracies[0], "peak_memory_mib": peak}
 
 
-def predict_speed(run_dir: str, dataset: str, device: str) -> dict:
+def predict_speed(run_dir: str, dataset: str, device: str, precision: str, rows: int | None) -> dict:
+    """Prediction texts/s on the test split (its first `rows`), in the given --precision, with the labels."""
     from bertclf.predict import Predictor
 
-    texts, labels = read_texts(DATA / dataset / "test.csv")
-    predictor = Predictor.from_dir(run_dir, cpu=device == "cpu")
+    texts, gold = read_texts(DATA / dataset / "test.csv")
+    texts, gold = texts[:rows], gold[:rows]
+    predictor = Predictor.from_dir(run_dir, cpu=device == "cpu", precision=precision)
     predictor.predict(texts[:64])  # warm-up: kernels, allocator
     started = time.perf_counter()
     predictions = predictor.predict(texts)
     seconds = time.perf_counter() - started
-    accuracy = sum(p.label == gold for p, gold in zip(predictions, labels, strict=True)) / len(labels)
-    return {"texts_per_second": len(texts) / seconds, "test_accuracy": accuracy}
+    labels = [p.label for p in predictions]
+    accuracy = sum(label == g for label, g in zip(labels, gold, strict=True)) / len(gold)
+    return {"texts_per_second": len(texts) / seconds, "test_accuracy": accuracy, "texts": len(texts),
+            "labels": labels}
 
 
-def training_mfu(model_dir: Path, dataset: str, samples_per_second: float, peak_tflops: float | None) -> float | None:
-    """Useful training FLOPs (real tokens, flops.py's 6N + 12·L·d·T per token) per second over the peak."""
-    if not peak_tflops:
-        return None
+def compare_precisions(run_dir: str, model_dir: Path, dataset: str, device: str, rows: int | None,
+                       peaks: tuple[float, float] | None) -> dict:
+    """fp32 against bf16 prediction: texts/s, the share of texts with the same label, MFU against each peak."""
+    runs = {p: predict_speed(run_dir, dataset, device, p, rows) for p in ("fp32", "bf16")}
+    same = sum(a == b for a, b in zip(runs["fp32"].pop("labels"), runs["bf16"].pop("labels"), strict=True))
+    per_text = flops_per_sample(model_dir, dataset, "test.csv", rows, training=False)
+    for peak, run in zip(peaks or (None, None), runs.values(), strict=True):
+        run["mfu"] = run["texts_per_second"] * per_text / (peak * 1e12) if peak else None
+    return {**runs, "same_label": same / runs["fp32"]["texts"],
+            "bf16_over_fp32": runs["bf16"]["texts_per_second"] / runs["fp32"]["texts_per_second"]}
+
+
+def flops_per_sample(model_dir: Path, dataset: str, split: str, rows: int | None, *, training: bool) -> float:
+    """Useful FLOPs per text (real tokens, flops.py's 6N + 12·L·d·T per token in training, 2N + 4·L·d·T in a
+    forward pass; the full last layer, so prediction's [CLS]-only shortcut is not counted as work saved)."""
     from flops import dims
 
     from bertclf.model import load_tokenizer
 
-    texts, labels = read_texts(DATA / dataset / "train.csv")
+    texts, labels = read_texts(DATA / dataset / split)
+    texts = texts[:rows or 2000]
     tokenizer = load_tokenizer(model_dir)
-    lengths = [min(len(ids) + 2, 128) for ids in tokenizer(texts[:2000], add_special_tokens=False)["input_ids"]]
+    lengths = [min(len(ids) + 2, 128) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     dim = dims(model_dir, len(set(labels)))
-    per_sample = sum(6 * dim["N"] * t + 12 * dim["L"] * dim["d"] * t * t for t in lengths) / len(lengths)
+    k = 3 if training else 1
+    return k * sum(2 * dim["N"] * t + 4 * dim["L"] * dim["d"] * t * t for t in lengths) / len(lengths)
+
+
+def training_mfu(model_dir: Path, dataset: str, samples_per_second: float, peak_tflops: float | None) -> float | None:
+    if not peak_tflops:
+        return None
+    per_sample = flops_per_sample(model_dir, dataset, "train.csv", None, training=True)
     return samples_per_second * per_sample / (peak_tflops * 1e12)
 
 
 def gpu_peaks(device: str) -> tuple[str, tuple[float, float] | None]:
+    """The device's name and (fp32, bf16) dense peaks in TFLOP/s: published for a GPU, measured for a CPU (the
+    best n x n matmul, as bench/worker.py's prep measures it)."""
     import torch
 
     if device != "cuda":
-        return "cpu", None
+        from worker import matmul_peak
+
+        return "cpu", tuple(max(matmul_peak(dtype, n, 4 * (2048 // n) ** 2, 3) for n in (512, 1024)) / 1e12
+                            for dtype in ("float32", "bfloat16"))
     name = torch.cuda.get_device_name(0)
     return name, next((peaks for key, peaks in GPU_PEAKS.items() if key in name), None)
 
@@ -140,6 +171,7 @@ def main() -> int:
     parser.add_argument("--models", default="minilm,base", help="comma-separated: minilm, base")
     parser.add_argument("--precisions", default="no,bf16", help="comma-separated; fp32 (no) must come first. A CPU "
                         "without native bf16 emulates it about 8x slower: smoke-test there with --precisions no")
+    parser.add_argument("--predict-rows", type=int, help="test texts predicted in each precision (default: all)")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
     import torch
@@ -163,11 +195,14 @@ def main() -> int:
                 run["seconds_to_fp32_first_eval_accuracy"] = time_to_accuracy(Path(run["run_dir"]), target)
                 run["mfu"] = training_mfu(model_dir, dataset, run["samples_per_second"],
                                           peaks and peaks[0 if precision == "no" else 1])
-            runs["predict_fp32"] = predict_speed(runs["no"]["run_dir"], dataset, args.device)
+            if "bf16" in runs:
+                runs["predict"] = compare_precisions(runs["bf16"]["run_dir"], model_dir, dataset, args.device,
+                                                     args.predict_rows, peaks)
             if "bf16" in runs:
                 runs["bf16_over_fp32_training"] = runs["bf16"]["samples_per_second"] / runs["no"]["samples_per_second"]
             results["models"][key] = runs
-    output = args.output or ROOT / "bench" / "results" / f"gpu-{datetime.now():%Y%m%d-%H%M%S}.json"
+    kind = "gpu" if args.device == "cuda" else "cpu"
+    output = args.output or ROOT / "bench" / "results" / f"{kind}-{datetime.now():%Y%m%d-%H%M%S}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     _print_table(results)
@@ -195,8 +230,14 @@ def _print_table(results: dict) -> None:
                   f"{run['seconds_to_fp32_first_eval_accuracy'] or float('nan'):26.1f} {run['dev_accuracy']:8.4f} "
                   f"{memory:>9} {mfu:>6}")
         ratio = runs.get("bf16_over_fp32_training")
-        print(f"{key:7} predict fp32: {runs['predict_fp32']['texts_per_second']:.1f} texts/s"
-              + (f", bf16/fp32 training {ratio:.2f}x" if ratio else ""))
+        if ratio:
+            print(f"{key:7} bf16/fp32 training {ratio:.2f}x")
+        if "predict" in runs:
+            pred = runs["predict"]
+            mfus = " / ".join(f"{pred[p]['mfu']:.1%}" if pred[p]["mfu"] is not None else "-" for p in ("fp32", "bf16"))
+            print(f"{key:7} predict fp32 {pred['fp32']['texts_per_second']:.1f} / bf16 "
+                  f"{pred['bf16']['texts_per_second']:.1f} texts/s ({pred['bf16_over_fp32']:.2f}x), same label "
+                  f"{pred['same_label']:.2%} of {pred['fp32']['texts']}, MFU {mfus}")
 
 
 if __name__ == "__main__":

@@ -316,20 +316,22 @@ def cmd_hf_eval(args) -> None:
 
 # ------------------------------------------------------------------------------------------------- predict
 def cmd_predict(args) -> None:
-    """Predictor.predict_proba (fp32 and --quantize int8) vs pipeline(batch_size=1) vs pipeline(batch_size=32),
-    interleaved, load excluded."""
+    """Predictor.predict_proba (fp32, bf16 where this CPU has native bf16, and --quantize int8) vs
+    pipeline(batch_size=1) vs pipeline(batch_size=32), interleaved, load excluded."""
     import numpy as np
     import torch
     from transformers import pipeline
 
+    from bertclf.precision import native_bf16
     from bertclf.predict import Predictor
 
     quiet()
     texts, gold = read_csv(Path(args.data))
     tick = time.perf_counter()
-    predictor = Predictor.from_dir(args.run_dir, cpu=True)
+    predictor = Predictor.from_dir(args.run_dir, cpu=True, precision="fp32")
     load_predictor = time.perf_counter() - tick
     int8 = Predictor.from_dir(args.run_dir, cpu=True, quantize="int8")
+    bf16 = Predictor.from_dir(args.run_dir, cpu=True, precision="bf16") if native_bf16("cpu") else None
     tick = time.perf_counter()
     pipe = pipeline("text-classification", model=args.run_dir, device="cpu")
     load_pipeline = time.perf_counter() - tick
@@ -342,11 +344,13 @@ def cmd_predict(args) -> None:
         return [which.labels[i] for i in probs.argmax(axis=1)]
 
     variants = {"bertclf": ours, "bertclf_int8": lambda: ours(int8),
+                **({"bertclf_bf16": lambda: ours(bf16)} if bf16 is not None else {}),
                 "pipeline_bs1": lambda: [r["label"] for r in pipe(texts, batch_size=1, **call)],
                 "pipeline_bs32": lambda: [r["label"] for r in pipe(texts, batch_size=32, **call)]}
     # Warm-up (oneDNN primitive caches, allocator), then discard.
-    predictor.predict_proba(texts[:64])
-    int8.predict_proba(texts[:64])
+    for warm in (predictor, int8, bf16):
+        if warm is not None:
+            warm.predict_proba(texts[:64])
     pipe(texts[:32], batch_size=32, **call)
     pipe(texts[:8], batch_size=1, **call)
     seconds: dict[str, list[float]] = {name: [] for name in variants}

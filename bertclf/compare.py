@@ -41,7 +41,9 @@ def run_compare(config) -> dict:
     data = read_eval_data(config, manifests[0])
     scored, keep = [], None
     for run_dir in (config.baseline_dir, config.candidate_dir):  # one model in memory at a time
-        predictor = Predictor.from_dir(run_dir, cpu=config.cpu)
+        # Both in fp32: a verdict on two models must not move with a precision one of them alone runs in
+        # (--precision auto picks bf16 per run, from that run's own training check).
+        predictor = Predictor.from_dir(run_dir, cpu=config.cpu, precision="fp32")
         keep = known_rows(data, predictor.space, config) if keep is None else keep
         rows, _, _ = score_rows(predictor, data, keep, config.batch_size)
         metrics = score(rows.probs, rows.gold, predictor.space, predictor.thresholds)
@@ -58,6 +60,7 @@ def run_compare(config) -> dict:
         "candidate": {"run_dir": str(config.candidate_dir), "metrics": {n: cand_metrics.get(n) for n in names}},
         "data": data.table.describe(),
         "task": task,
+        "precision": "fp32",
         "rows": len(data.texts),
         "rows_compared": len(keep),
         "rows_disagreeing": len(disagreements),

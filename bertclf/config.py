@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bertclf.errors import UsageError
+from bertclf.precision import check_precision
 
 # Column names tried, in order, when --text-column / --label-column are not given.
 TEXT_COLUMN_CANDIDATES = ("text", "sentence", "content", "review")
@@ -233,6 +234,7 @@ class EvalConfig:
     quantize: str | None = None  # "int8": dynamic int8 Linear layers on the CPU
     threshold: str | None = None  # multi-label: override the tuned thresholds (0.4, or LABEL=VALUE,...)
     backend: str = "torch"  # or "onnx": the run's onnx/model.onnx (bertclf export) on onnxruntime
+    precision: str = "auto"  # auto, fp32, bf16 (bertclf.precision)
     gates: dict[str, float] = field(default_factory=dict)  # --fail-under METRIC=VALUE or METRIC.lower=VALUE
     confidence: float = 0.95  # of the bootstrap intervals
     bootstrap: int = 1000  # resamples; 0: no intervals
@@ -249,6 +251,7 @@ class EvalConfig:
                self.truncation, f"Choose one of: {', '.join(TRUNCATION_STRATEGIES)}.")
         check_bootstrap(self.confidence, self.bootstrap, self.seed)
         check_backend(self.backend)
+        check_precision(self.precision, backend=self.backend, quantize=self.quantize)
         bounded = [name for name in self.gates if "." in name]
         if bounded and self.bootstrap == 0:
             raise UsageError(f"Invalid value for --fail-under: {bounded[0]} gates a bound of the bootstrap "
@@ -341,10 +344,12 @@ class PredictConfig:
     quantize: str | None = None
     backend: str = "torch"  # or "onnx": the run's onnx/model.onnx (bertclf export) on onnxruntime
     compile: str = "auto"  # torch.compile the inference forward: auto, yes, no (bertclf.compiling)
+    precision: str = "auto"  # auto, fp32, bf16 (bertclf.precision)
 
     def __post_init__(self) -> None:
         check_backend(self.backend)
         check_compile(self.compile, backend=self.backend, quantize=self.quantize)
+        check_precision(self.precision, backend=self.backend, quantize=self.quantize)
         if (self.input is None) == (not self.texts):
             raise UsageError("Give either an INPUT file (or - for stdin) or --text, not both and not neither.")
         _check(self.top_k >= 1, "--top-k", self.top_k, "Give 1 or more.")

@@ -167,7 +167,8 @@ def evaluate_rows(config) -> tuple[dict, object]:
     data = read_eval_data(config, manifest)
     predictor = Predictor.from_dir(config.run_dir, cpu=config.cpu, max_length=config.max_length,
                                    truncation=config.truncation, quantize=config.quantize,
-                                   threshold=config.threshold, backend=config.backend)
+                                   threshold=config.threshold, backend=config.backend,
+                                   precision=config.precision)
     space = predictor.space
     if config.label_issues:
         from bertclf.label_issues import check_task
@@ -187,6 +188,7 @@ def evaluate_rows(config) -> tuple[dict, object]:
         "truncated": encoded.truncated,
         "sequences": len(encoded),
         **predictor.spec.to_dict(),
+        "precision": predictor.precision.to_dict(),
         "metrics": score(rows.probs, rows.gold, space, predictor.thresholds),
         "timings": {"load_seconds": round(load_seconds, 3), "predict_seconds": round(predict_seconds, 3),
                     "texts_per_second": round(len(texts) / max(predict_seconds, 1e-9), 1)},

@@ -79,7 +79,7 @@ def export_run(config: ExportConfig) -> dict:
     from bertclf.predict import Predictor
 
     started = time.perf_counter()
-    predictor = Predictor.from_dir(config.run_dir, cpu=True)
+    predictor = Predictor.from_dir(config.run_dir, cpu=True, precision="fp32")  # the parity check is against fp32
     check = check_texts(config, predictor.manifest)
     onnx_dir = config.model_dir / ONNX_DIR
     onnx_dir.mkdir(parents=True, exist_ok=True)

@@ -61,13 +61,15 @@ def token_budget_batches(lengths: list[int], order: list[int], max_texts: int,
 
 
 def predict_logits(model, tokenizer, encoded: Encoded, batch_size: int, *, accelerator=None,
-                   device=None) -> np.ndarray:
+                   device=None, precision: str = "fp32") -> np.ndarray:
     """Logits (n_texts, n_labels) in input order. With an accelerator, work is sharded across processes
-    and gathered with gather_for_metrics, so each example counts once."""
+    and gathered with gather_for_metrics, so each example counts once. precision "bf16" runs the batches
+    in bf16 autocast (bertclf.precision); the logits come back as fp32 either way."""
     import torch
     from torch.utils.data import DataLoader
 
     from bertclf.cls_only import cls_only_last_layer
+    from bertclf.precision import autocast
 
     order = length_sorted_order(encoded)
     if accelerator is not None:
@@ -85,7 +87,7 @@ def predict_logits(model, tokenizer, encoded: Encoded, batch_size: int, *, accel
     was_training = model.training
     model.eval()
     chunks = []
-    with torch.inference_mode(), cls_only_last_layer(model):
+    with torch.inference_mode(), cls_only_last_layer(model), autocast(precision, device or "cpu"):
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()} if device is not None else batch
             logits = model(**batch).logits.float()
@@ -101,8 +103,9 @@ def predict_logits(model, tokenizer, encoded: Encoded, batch_size: int, *, accel
 
 
 def predict_probs(model, tokenizer, encoded: Encoded, space: LabelSpace, batch_size: int, *, accelerator=None,
-                  device=None) -> np.ndarray:
+                  device=None, precision: str = "fp32") -> np.ndarray:
     """Probabilities (n_texts, n_labels) in input order: softmax, or a sigmoid per label for multi-label;
     a text split into windows (--long-text chunks) gets the mean over its windows."""
-    logits = predict_logits(model, tokenizer, encoded, batch_size, accelerator=accelerator, device=device)
+    logits = predict_logits(model, tokenizer, encoded, batch_size, accelerator=accelerator, device=device,
+                            precision=precision)
     return pool_windows(space.probabilities(logits), encoded)

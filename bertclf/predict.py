@@ -16,6 +16,7 @@ from bertclf.config import BACKENDS, PredictConfig, check_compile
 from bertclf.encoding import Encoded, EncodingSpec, encode
 from bertclf.errors import UsageError
 from bertclf.labels import DEFAULT_THRESHOLD, LabelSpace, parse_threshold_option
+from bertclf.precision import Choice
 from bertclf.prediction_rows import prediction_row, rows_from_options
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ class Predictor:
     def __init__(self, run_dir: Path, manifest: dict, tokenizer, model, device, *, max_length: int | None = None,
                  truncation: str | None = None, threshold: str | None = None):
         self.compile_report: CompileReport | None = None  # set by from_dir: what --compile did, and its cost
+        self.precision = Choice("fp32", "full precision")  # from_dir resolves --precision
         self.run_dir = Path(run_dir)
         self.manifest = manifest
         self.tokenizer = tokenizer
@@ -81,13 +83,18 @@ class Predictor:
     @classmethod
     def from_dir(cls, run_dir: Path | str, *, cpu: bool = False, max_length: int | None = None,
                  truncation: str | None = None, quantize: str | None = None,
-                 threshold: str | None = None, backend: str = "torch", compile: str = "auto") -> Predictor:
+                 threshold: str | None = None, backend: str = "torch", compile: str = "auto",
+                 precision: str = "auto") -> Predictor:
         """Load a run. backend "onnx" runs RUN_DIR/onnx/model.onnx (model_quantized.onnx with quantize int8)
         with onnxruntime on the CPU, in the same inference engine; it needs no model.safetensors. compile
-        "yes" compiles the torch model's forward (bertclf.compiling) and compiles it here, before returning."""
+        "yes" compiles the torch model's forward (bertclf.compiling) and compiles it here, before returning.
+        precision: auto, fp32 or bf16 (bertclf.precision; auto: bf16 where native and checked in training)."""
         import torch
 
+        from bertclf.precision import check_precision, resolve_precision
+
         check_compile(compile, backend=backend, quantize=quantize)
+        check_precision(precision, backend=backend, quantize=quantize)
 
         if backend not in BACKENDS:
             raise UsageError(f"Invalid value for --backend: {backend!r}. Choose one of: {', '.join(BACKENDS)}.")
@@ -109,6 +116,7 @@ class Predictor:
         model.to(device)
         predictor = cls(Path(run_dir), manifest, tokenizer, model, device, max_length=max_length,
                         truncation=truncation, threshold=threshold)
+        predictor.precision = resolve_precision(precision, device, manifest, backend=backend, quantize=quantize)
         predictor.compile_report = predictor._compile(compile if backend == "torch" and not quantize else "no")
         return predictor
 
@@ -128,7 +136,8 @@ class Predictor:
                           token_type_ids=None, text_index=[0, 1], n_texts=2, truncated=0)
         try:
             seconds = compiling.timed_warm_up(lambda: predict_logits(self.model, self.tokenizer, warm_up, 64,
-                                                                     device=self.device))
+                                                                     device=self.device,
+                                                                     precision=self.precision.precision))
         except Exception as error:  # torch.compile fails in many ways (InductorError, BackendCompilerFailed, ...)
             forward.disable()
             reason = compiling.compile_failed(error)
@@ -148,7 +157,8 @@ class Predictor:
             raise UsageError(f"{self.run_dir} was trained on single texts, not pairs; leave out the second texts "
                              "(--text-pair-column, --text-pair).")
         encoded = encode(self.tokenizer, list(texts), self.spec, None if pairs is None else list(pairs))
-        return predict_probs(self.model, self.tokenizer, encoded, self.space, batch_size, device=self.device), encoded
+        return predict_probs(self.model, self.tokenizer, encoded, self.space, batch_size, device=self.device,
+                             precision=self.precision.precision), encoded
 
     def predict_proba(self, texts: Sequence[Item], batch_size: int = 64) -> np.ndarray:
         """Probabilities (n_texts, n_labels) in input order; empty texts get a row of NaN."""
@@ -265,7 +275,10 @@ def run_predict(config: PredictConfig) -> PredictSummary:
 
     source = open_rows(config, read_manifest(config.run_dir))
     predictor = Predictor.from_dir(config.run_dir, cpu=config.cpu, quantize=config.quantize,
-                                   threshold=config.threshold, backend=config.backend, compile=config.compile)
+                                   threshold=config.threshold, backend=config.backend, compile=config.compile,
+                                   precision=config.precision)
+    if predictor.precision.precision == "bf16":  # scores differ from fp32's in the third decimal: say why
+        console.info(f"Predicting in bf16 ({predictor.precision.reason}); --precision fp32 for full precision.")
     summary = predictor.predict_file(config, source)
     if predictor.compile_report is not None and predictor.compile_report.enabled:
         summary.compile_seconds = predictor.compile_report.seconds

@@ -54,11 +54,14 @@ class ServeConfig:
     batch_size: int = 64  # most texts per forward pass (the engine also caps tokens on a CPU)
     graceful_timeout: float = 30.0  # seconds SIGTERM waits for requests in flight
     cpu: bool = False
+    precision: str = "auto"  # auto, fp32, bf16 (bertclf.precision)
 
     def __post_init__(self) -> None:
         from bertclf.config import check_backend
+        from bertclf.precision import check_precision
 
         check_backend(self.backend)
+        check_precision(self.precision, backend=self.backend, quantize=self.quantize)
         if self.quantize is not None and self.quantize != "int8":
             raise UsageError(f"Invalid value for --quantize: {self.quantize!r}. The only mode is int8.")
         for flag, value in (("--port", self.port), ("--max-batch-tokens", self.max_batch_tokens),
@@ -172,7 +175,7 @@ class InferenceWorker(threading.Thread):
 
         config = self.config
         self.predictor = Predictor.from_dir(config.run_dir, cpu=config.cpu, quantize=config.quantize,
-                                            backend=config.backend)
+                                            backend=config.backend, precision=config.precision)
         pairs = list(WARM_UP_TEXTS) if self.predictor.text_pair_column else None
         self.predictor.probabilities_of(list(WARM_UP_TEXTS), pairs, config.batch_size)
         self.ready.set()
@@ -488,6 +491,7 @@ def _info(config: ServeConfig, worker: InferenceWorker) -> dict:
                     long_text=predictor.spec.long_text, pairs=predictor.text_pair_column is not None,
                     model_type={"classifier": {"id2label": dict(enumerate(labels)),
                                                "label2id": {label: i for i, label in enumerate(labels)}}})
+        info["precision"] = predictor.precision.to_dict()
         if predictor.thresholds is not None:
             info["thresholds"] = dict(zip(labels, map(float, predictor.thresholds), strict=True))
     return info

@@ -218,12 +218,9 @@ def resolve_mixed_precision(requested: str, use_cpu: bool, *, cuda: bool | None 
         cuda_bf16 = cuda and torch.cuda.is_bf16_supported()
     if cuda and not use_cpu:
         return "bf16" if cuda_bf16 else "fp16"
-    if cpu_flags is None:
-        try:
-            cpu_flags = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            cpu_flags = ""
-    return "bf16" if ("amx_bf16" in cpu_flags or "avx512_bf16" in cpu_flags) else "no"
+    from bertclf.precision import cpu_has_native_bf16
+
+    return "bf16" if cpu_has_native_bf16(cpu_flags) else "no"
 
 
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
@@ -537,6 +534,8 @@ def finish_run(run: TrainingRun, loop: TrainingLoop, manifest: dict, data: Train
         best_metrics = _tune_thresholds(run, manifest, data, state.best_step)
     elif run.is_main:
         best_metrics, calibration = _calibrate(run, data, state.best_step, best_metrics)
+    if run.is_main:
+        _check_bf16_inference(run, manifest, data)
     accelerator.wait_for_everyone()
     forward = compiling.compiled_forward(accelerator.unwrap_model(run.model))
     if manifest["compile"]["enabled"] and forward is not None:  # recompiles during the loop, if any, show here
@@ -586,6 +585,27 @@ def _tune_thresholds(run: TrainingRun, manifest: dict, data: TrainingData, best_
                  f"(at 0.5 for every label: {best_metrics['at_threshold_0.5']['micro_f1']:.4f}). "
                  "Validation scores at tuned thresholds are optimistic; eval a test file for real ones.")
     return best_metrics
+
+
+def _check_bf16_inference(run: TrainingRun, manifest: dict, data: TrainingData) -> None:
+    """Where this device computes bf16 natively: the saved model's validation labels in bf16 against fp32,
+    recorded as manifest["inference"]["bf16"]; predict/eval/serve --precision auto use bf16 only when they
+    agree (bertclf.precision). After calibration and thresholds: the check is of the model as it is saved."""
+    import numpy as np
+
+    from bertclf.precision import MIN_BF16_AGREEMENT, check_bf16_labels
+
+    thresholds = manifest.get("thresholds")
+    check = check_bf16_labels(run.output, run.tokenizer, run.val_encoded, data.space,
+                              None if thresholds is None else np.asarray([thresholds[label] for label in data.labels]),
+                              run.config.batch_size * 2, run.accelerator.device)
+    if check is None:
+        return
+    manifest["inference"] = {"bf16": check}
+    verdict = "predict, eval and serve use bf16 here" if check["label_agreement"] >= MIN_BF16_AGREEMENT \
+        else "predict, eval and serve stay in fp32"
+    console.info(f"bf16 inference checked on validation: the same labels as fp32 on "
+                 f"{check['label_agreement']:.2%} of {check['texts']} texts; {verdict} (--precision to choose).")
 
 
 def _calibrate(run: TrainingRun, data: TrainingData, best_step: int, best_metrics: dict) -> tuple[dict, dict | None]:

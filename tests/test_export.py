@@ -48,7 +48,8 @@ def test_predict_and_eval_with_the_onnx_backend_match_torch(exported, cli):
     data = EXAMPLES / "en_topics_test.csv"
     rows = {}
     for backend in ("torch", "onnx"):
-        code, stdout, stderr = cli("predict", run, data, "--all-probs", "--backend", backend)
+        # fp32 on both sides: ONNX runs in fp32 (predict's --precision auto may pick bf16 for torch).
+        code, stdout, stderr = cli("predict", run, data, "--all-probs", "--backend", backend, "--precision", "fp32")
         assert code == 0, stderr
         rows[backend] = _jsonl(stdout)
     assert [r["label"] for r in rows["onnx"]] == [r["label"] for r in rows["torch"]]
@@ -59,7 +60,8 @@ def test_predict_and_eval_with_the_onnx_backend_match_torch(exported, cli):
     assert code == 0, stderr and len(_jsonl(stdout)) == 80
     accuracy = {}
     for backend in ("torch", "onnx"):
-        code, stdout, stderr = cli("eval", run, data, "--json", "--bootstrap", "0", "--backend", backend)
+        code, stdout, stderr = cli("eval", run, data, "--json", "--bootstrap", "0", "--backend", backend,
+                                   "--precision", "fp32")
         assert code == 0, stderr
         accuracy[backend] = json.loads(stdout)["metrics"]["accuracy"]
     assert accuracy["onnx"] == accuracy["torch"]

@@ -81,16 +81,23 @@ class Server:
 
 @pytest.fixture(scope="module")
 def expected(tiny_run, cli):
-    """`bertclf predict --all-probs` on TEXTS: text -> {label: probability}."""
+    """`bertclf predict --all-probs --precision fp32` on TEXTS: text -> {label: probability}."""
+    return _predicted(tiny_run, cli, "fp32")
+
+
+def _predicted(run, cli, precision: str) -> dict[str, dict[str, float]]:
     args = [a for text in TEXTS for a in ("--text", text)]
-    code, stdout, stderr = cli("predict", tiny_run, *args, "--all-probs")
+    code, stdout, stderr = cli("predict", run, *args, "--all-probs", "--precision", precision)
     assert code == 0, stderr
     return {text: json.loads(line)["probs"] for text, line in zip(TEXTS, stdout.splitlines(), strict=True)}
 
 
 @pytest.fixture(scope="module")
 def server(tiny_run):
-    server = Server(tiny_run, "--api-key", KEY, "--max-client-batch-size", "8", "--payload-limit", "20000")
+    # fp32: answers must equal predict's to 1e-5 whatever the batch a text is served in. In bf16 a text's scores
+    # move in the fourth decimal with its batch's shape (test_bf16_serving_keeps_the_labels_of_predict).
+    server = Server(tiny_run, "--api-key", KEY, "--max-client-batch-size", "8", "--payload-limit", "20000",
+                    "--precision", "fp32")
     try:
         server.wait_ready()
         yield server
@@ -119,6 +126,30 @@ def test_predict_answers_as_bertclf_predict_does(server, expected):
     total = sum(math.exp(a["score"]) for a in raw)
     for entry in raw:  # logits: their softmax is the probability
         assert math.exp(entry["score"]) / total == pytest.approx(expected[TEXTS[1]][entry["label"]], abs=1e-5)
+
+
+def test_bf16_serving_keeps_the_labels_of_predict(tiny_run, cli):
+    """--precision auto, the default: bf16 where this CPU has it natively and training checked its labels; the
+    same labels as predict in the same precision, scores within a few thousandths, /info saying which."""
+    from bertclf.precision import native_bf16
+
+    manifest = json.loads((tiny_run / "bertclf.json").read_text())
+    expected = _predicted(tiny_run, cli, "auto")
+    server = Server(tiny_run)
+    try:
+        server.wait_ready()
+        precision = server.client.get("/info").json()["precision"]
+        bf16 = native_bf16("cpu") and manifest["inference"]["bf16"]["label_agreement"] >= 0.995
+        assert precision["precision"] == ("bf16" if bf16 else "fp32"), precision
+        with ThreadPoolExecutor(8) as pool:  # concurrent: batches of other shapes than predict's
+            answers = list(pool.map(lambda t: server.client.post("/predict", json={"inputs": t}).json(), TEXTS))
+        for text, answer in zip(TEXTS, answers, strict=True):
+            probs = expected[text]
+            assert answer[0]["label"] == max(probs, key=probs.get)
+            for entry in answer:
+                assert entry["score"] == pytest.approx(probs[entry["label"]], abs=5e-3)
+    finally:
+        assert server.stop() == 0
 
 
 def test_health_ready_and_info(server, tiny_run):

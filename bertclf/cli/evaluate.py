@@ -10,6 +10,7 @@ import typer
 
 import bertclf.cli._output as _output
 from bertclf import console
+from bertclf.cli._cli_utils import PrecisionOpt
 from bertclf.cli._errors import user_errors
 from bertclf.config import EvalConfig, parse_gates
 from bertclf.errors import QualityGateError
@@ -39,6 +40,7 @@ def eval_command(
     output: Annotated[Path | None, typer.Option("--output", "--report-dir", "-o", help="Write metrics.json, "
                       "confusion_matrix.csv/.png, reliability_diagram.png and errors.csv here.")] = None,
     cpu: Annotated[bool, typer.Option(help="Run on the CPU even if a GPU is present.")] = False,
+    precision: PrecisionOpt = "auto",
     quantize: Annotated[str | None, typer.Option(help="int8: score the dynamically quantized model (CPU), to "
                         "check its accuracy before predicting with it.")] = None,
     backend: Annotated[str, typer.Option(help="torch, or onnx: the model `bertclf export` wrote to RUN_DIR/onnx, "
@@ -72,6 +74,7 @@ def eval_command(
                             text_pair_column=text_pair_column, threshold=threshold,
                             batch_size=batch_size, max_length=max_length, truncation=truncation, encoding=encoding,
                             data_format=data_format, drop_empty=drop_empty, cpu=cpu, backend=backend,
+                            precision=precision,
                             ignore_unknown_labels=ignore_unknown_labels, report_dir=output, quantize=quantize,
                             gates=parse_gates(fail_under or []), confidence=confidence, bootstrap=bootstrap,
                             seed=seed, junit=junit, markdown=markdown, label_issues=label_issues)

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from bertclf import console
+from bertclf.cli._cli_utils import PrecisionOpt
 from bertclf.cli._errors import user_errors
 from bertclf.config import PredictConfig
 
@@ -37,6 +38,7 @@ def predict(
     batch_size: Annotated[int, typer.Option(help="Most texts per batch (on a CPU also at most 1,024 tokens).")] = 64,
     encoding: Annotated[str | None, typer.Option(help="Input encoding. Default: UTF-8, then GB18030.")] = None,
     cpu: Annotated[bool, typer.Option(help="Run on the CPU even if a GPU is present.")] = False,
+    precision: PrecisionOpt = "auto",
     quantize: Annotated[str | None, typer.Option(help="int8: dynamic int8 quantization of the linear layers for "
                         "faster CPU inference (runs on the CPU); with --backend onnx, the int8 ONNX model.")] = None,
     backend: Annotated[str, typer.Option(help="torch, or onnx: the model `bertclf export` wrote to RUN_DIR/onnx, "
@@ -61,7 +63,7 @@ def predict(
                                input_format=input_format, text_column=text_column, text_pair_column=text_pair_column,
                                threshold=threshold, top_k=top_k, all_probs=all_probs, keep_columns=keep_columns,
                                batch_size=batch_size, encoding=encoding, cpu=cpu, quantize=quantize,
-                               backend=backend, compile=compile)
+                               backend=backend, compile=compile, precision=precision)
         from bertclf.predict import run_predict
 
         summary = run_predict(config)

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from bertclf.cli._cli_utils import PrecisionOpt
 from bertclf.cli._errors import user_errors
 
 
@@ -33,6 +34,7 @@ def serve(
                           "tokens).")] = 64,
     graceful_timeout: Annotated[float, typer.Option(help="Seconds SIGTERM waits for requests in flight.")] = 30.0,
     cpu: Annotated[bool, typer.Option(help="Run on the CPU even if a GPU is present.")] = False,
+    precision: PrecisionOpt = "auto",
 ) -> None:
     """Serve a run over HTTP with a TEI-compatible API: POST /predict, GET /health, /ready, /info, /metrics.
     Requests are micro-batched by one inference thread; SIGTERM answers what is queued, then exits 0.
@@ -47,6 +49,7 @@ def serve(
         from bertclf.serving import ServeConfig
 
         config = ServeConfig(run_dir=run_dir, host=host, port=port, backend=backend, quantize=quantize,
+                             precision=precision,
                              max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms,
                              max_concurrent_requests=max_concurrent_requests,
                              max_client_batch_size=max_client_batch_size, payload_limit=payload_limit,
