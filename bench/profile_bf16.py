@@ -18,6 +18,7 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -69,9 +70,14 @@ def profile(model_dir: Path, dataset: str, precision: str, steps: int) -> None:
     from transformers import BertForSequenceClassification
 
     data, num_labels = batches(model_dir, dataset, 32, steps + 2)
+    from accelerate.state import AcceleratorState
+
+    from bertclf.train import _build_optimizer
+
     model = BertForSequenceClassification.from_pretrained(str(model_dir), num_labels=num_labels)
+    AcceleratorState._reset_state(True)  # one process profiles several precisions; accelerate keeps one state
     accelerator = Accelerator(cpu=True, mixed_precision=precision)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = _build_optimizer(model, SimpleNamespace(weight_decay=0.01), 1e-4)  # bertclf's (fused AdamW)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
 
