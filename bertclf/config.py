@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from bertclf.errors import UsageError
-from bertclf.precision import check_precision
 
 # Column names tried, in order, when --text-column / --label-column are not given.
 TEXT_COLUMN_CANDIDATES = ("text", "sentence", "content", "review")
@@ -20,6 +19,7 @@ BACKENDS = ("torch", "onnx")  # onnx: the run's onnx/model.onnx (bertclf export)
 LONG_TEXT_MODES = ("truncate", "chunks")  # chunks: overlapping windows, probabilities averaged per text
 REPORT_TO = ("none", "tensorboard", "wandb", "mlflow")
 MIXED_PRECISION_MODES = ("auto", "no", "fp16", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")  # --precision of predict, eval and serve (bertclf.precision)
 COMPILE_MODES = ("auto", "yes", "no")  # --compile (bertclf.compiling); auto: only where it was measured to pay
 # Single-number metrics of metrics.classification_metrics: --fail-under gates take any of them.
 SCALAR_METRICS = ("accuracy", "macro_f1", "micro_f1", "weighted_f1", "macro_precision", "macro_recall",
@@ -259,13 +259,25 @@ class EvalConfig:
                              hint="Drop --bootstrap 0, or gate the point value (for example macro_f1=0.85).")
 
 
+def _check_torch_mode(flag: str, value: str, modes: tuple[str, ...], torch_only: str, *, backend: str,
+                      quantize: str | None, what: str) -> None:
+    """A mode flag (--compile, --precision) whose `torch_only` value needs the full-precision torch model."""
+    _check(value in modes, flag, value, f"Choose one of: {', '.join(modes)}.")
+    if value == torch_only and (backend != "torch" or quantize):
+        raise UsageError(f"Invalid value for {flag}: {torch_only!r}. {what} applies to the torch model, not to "
+                         "--backend onnx or --quantize int8.",
+                         hint=f"Drop {flag} {torch_only}, or --backend onnx / --quantize.")
+
+
 def check_compile(mode: str, *, backend: str = "torch", quantize: str | None = None) -> None:
     """--compile of train and predict (predict's with its --backend and --quantize)."""
-    _check(mode in COMPILE_MODES, "--compile", mode, f"Choose one of: {', '.join(COMPILE_MODES)}.")
-    if mode == "yes" and (backend != "torch" or quantize):
-        raise UsageError("Invalid value for --compile: 'yes'. torch.compile applies to the torch model in full "
-                         "precision, not to --backend onnx or --quantize int8.",
-                         hint="Drop --compile yes, or --backend onnx / --quantize.")
+    _check_torch_mode("--compile", mode, COMPILE_MODES, "yes", backend=backend, quantize=quantize,
+                      what="torch.compile")
+
+
+def check_precision(precision: str, *, backend: str = "torch", quantize: str | None = None) -> None:
+    """--precision of predict, eval and serve (bertclf.precision)."""
+    _check_torch_mode("--precision", precision, PRECISIONS, "bf16", backend=backend, quantize=quantize, what="bf16")
 
 
 def check_backend(backend: str) -> None:

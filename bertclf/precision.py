@@ -21,20 +21,11 @@ from typing import Any
 import numpy as np
 
 from bertclf import console
-from bertclf.errors import UsageError
+from bertclf.config import check_precision
 
-PRECISIONS = ("auto", "fp32", "bf16")
 # The share of validation texts whose label(s) must agree between bf16 and fp32 for `auto` to choose bf16: the
 # same bar as the int8 checks (issue 18: the same labels on >= 99.5% of texts).
 MIN_BF16_AGREEMENT = 0.995
-
-
-def check_precision(precision: str, *, backend: str = "torch", quantize: str | None = None) -> None:
-    if precision not in PRECISIONS:
-        raise UsageError(f"Invalid value for --precision: {precision!r}. Choose one of: {', '.join(PRECISIONS)}.")
-    if precision == "bf16" and (backend != "torch" or quantize):
-        raise UsageError("Invalid value for --precision: 'bf16'. bf16 applies to the torch model, not to "
-                         "--backend onnx or --quantize int8.", hint="Drop --precision bf16, or --backend / --quantize.")
 
 
 def cpu_has_native_bf16(cpu_flags: str | None = None) -> bool:

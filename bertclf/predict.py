@@ -12,7 +12,7 @@ import numpy as np
 
 from bertclf import console
 from bertclf.batching import fixed_chunks, timed_chunks
-from bertclf.config import BACKENDS, PredictConfig, check_compile
+from bertclf.config import BACKENDS, PredictConfig, check_compile, check_precision
 from bertclf.encoding import Encoded, EncodingSpec, encode
 from bertclf.errors import UsageError
 from bertclf.labels import DEFAULT_THRESHOLD, LabelSpace, parse_threshold_option
@@ -91,7 +91,7 @@ class Predictor:
         precision: auto, fp32 or bf16 (bertclf.precision; auto: bf16 where native and checked in training)."""
         import torch
 
-        from bertclf.precision import check_precision, resolve_precision
+        from bertclf.precision import resolve_precision
 
         check_compile(compile, backend=backend, quantize=quantize)
         check_precision(precision, backend=backend, quantize=quantize)

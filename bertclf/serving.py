@@ -57,8 +57,7 @@ class ServeConfig:
     precision: str = "auto"  # auto, fp32, bf16 (bertclf.precision)
 
     def __post_init__(self) -> None:
-        from bertclf.config import check_backend
-        from bertclf.precision import check_precision
+        from bertclf.config import check_backend, check_precision
 
         check_backend(self.backend)
         check_precision(self.precision, backend=self.backend, quantize=self.quantize)
