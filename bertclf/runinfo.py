@@ -141,7 +141,8 @@ def model_card(manifest: dict[str, Any], metrics: dict[str, Any]) -> str:
           else []),
         *([f"- scores calibrated by temperature scaling on validation (T = {calibration['temperature']:.4f}, "
            f"folded into the classifier; ECE {calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f})"]
-          if (calibration := manifest.get("calibration")) else []),
+          if (calibration := manifest.get("calibration")) and "temperature" in calibration
+          else [f"- scores not calibrated: {calibration['skipped']}"] if calibration else []),
         "",
         f"## Validation metrics (best step {manifest.get('best_step')})",
         "",

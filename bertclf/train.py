@@ -627,8 +627,8 @@ def _calibrate(run: TrainingRun, data: TrainingData, best_step: int, best_metric
         return best_metrics, None
     record, probs = calibrate_saved_model(run.output, run.tokenizer, run.val_encoded, data.val_targets, data.space,
                                           run.config.batch_size * 2, run.accelerator.device)
-    if record is None:
-        return best_metrics, None
+    if probs is None:  # left raw: the record says why
+        return best_metrics, record
     metrics = {**score(probs, data.val_targets, data.space), "calibration": record}
     write_json_atomic(run.output / "metrics.json", {"split": "validation", "step": best_step, **metrics})
     console.info(f"Scores calibrated on validation: temperature {record['temperature']:.3f}, ECE "

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import EXAMPLES
 
-from bertclf.calibration import fit_temperature, fold_temperature, pooled_probs
+from bertclf.calibration import cross_validated_nll, fit_temperature, fold_temperature, pooled_probs
 from bertclf.labels import LabelSpace
 from bertclf.metrics import calibration_metrics
 
@@ -31,14 +31,36 @@ def test_fitted_temperature_lowers_nll_and_keeps_every_argmax_on_overconfident_l
     noisy = np.where(rng.random(400) < 0.7, targets, rng.integers(0, 4, 400))
     logits = 6.0 * (np.eye(4)[noisy] + rng.normal(0, 0.3, (400, 4)))
     space, encoded = LabelSpace(("a", "b", "c", "d")), _OneSequencePerText(400)
-    temperature = fit_temperature(logits, targets, space, encoded)
+    temperature, left_raw = fit_temperature(logits, targets, space, encoded)
+    assert left_raw is None
     before, after = pooled_probs(logits, 1.0, space, encoded), pooled_probs(logits, temperature, space, encoded)
     assert temperature > 2.0  # it cools the scores down
     assert calibration_metrics(after, targets)["nll"] < calibration_metrics(before, targets)["nll"]
     assert calibration_metrics(after, targets)["ece"] < calibration_metrics(before, targets)["ece"]
     assert np.array_equal(before.argmax(axis=1), after.argmax(axis=1))
     # Deterministic: the same logits give the same temperature, bit for bit.
-    assert fit_temperature(logits, targets, space, encoded) == temperature
+    assert fit_temperature(logits, targets, space, encoded) == (temperature, None)
+
+
+def test_validation_that_cannot_pin_the_temperature_down_leaves_the_scores_raw():
+    rng = np.random.default_rng(1)
+    space = LabelSpace(("a", "b", "c", "d"))
+    # Every row right: the NLL keeps falling as T shrinks, whatever the model's real error rate.
+    targets = rng.integers(0, 4, 60)
+    logits = 3.0 * np.eye(4)[targets] + rng.normal(0, 0.3, (60, 4))
+    assert fit_temperature(logits, targets, space, _OneSequencePerText(60)) == (
+        1.0, "all 60 validation texts are classified right, which says nothing of how often the model is wrong")
+    # Too few rows to check a fit on.
+    temperature, left_raw = fit_temperature(logits[:10], targets[:10], space, _OneSequencePerText(10))
+    assert temperature == 1.0 and left_raw.startswith("only 10 validation texts")
+    # One confident mistake in 30 rows: fitted on all, T would sharpen; the fold that holds the mistake, scored
+    # with a T fitted on the others, shows the sharpening does not carry over to rows it was not fitted on.
+    targets, logits = targets[:30].copy(), logits[:30].copy()
+    logits[0] = 3.0 * np.eye(4)[(targets[0] + 1) % 4]
+    raw, scaled = cross_validated_nll(logits, targets, space, _OneSequencePerText(30))
+    assert scaled > raw
+    temperature, left_raw = fit_temperature(logits, targets, space, _OneSequencePerText(30))
+    assert temperature == 1.0 and "did not lower the NLL of the rest" in left_raw
 
 
 def test_folding_divides_the_classifier_output_by_the_temperature(tiny_model_dir):
