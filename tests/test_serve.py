@@ -342,3 +342,37 @@ def test_a_request_that_cannot_be_tokenized_gets_422_and_the_round_goes_on(tmp_p
 
     error, stopping = asyncio.run(one_round())
     assert error.status == 422 and "broken tokenizer" in error.message and not stopping
+
+
+@pytest.mark.parametrize("task", ["pairs", "multi_label"])
+def test_pair_and_multi_label_runs_serve_what_predict_writes(task, tiny_model_dir, cli, tmp_path):
+    """The server of a sentence-pair run reads [text, text_pair] inputs, and that of a multi-label run answers
+    the labels at or above their tuned thresholds: both as `bertclf predict` on the same rows."""
+    train, test, columns = {
+        "pairs": ("en_topics_pairs.csv", "en_topics_test_pairs.csv", ["--text-column", "text_a",
+                                                                      "--text-pair-column", "text_b"]),
+        "multi_label": ("en_topics_multilabel.csv", "en_topics_test_multilabel.csv", ["--multi-label"])}[task]
+    run = tmp_path / "run"
+    code, _, stderr = cli("train", EXAMPLES / train, *columns, "-m", tiny_model_dir, "-o", run, "--max-steps", "6",
+                          "--cpu")
+    assert code == 0, stderr
+    rows = list(csv.DictReader((EXAMPLES / test).open(encoding="utf-8")))[:12]
+    code, stdout, stderr = cli("predict", run, EXAMPLES / test, "--all-probs", "--precision", "fp32")
+    assert code == 0, stderr
+    predicted = [json.loads(line) for line in stdout.splitlines()][:12]
+    inputs = [[r["text_a"], r["text_b"]] for r in rows] if task == "pairs" else [r["text"] for r in rows]
+    server = Server(run, "--precision", "fp32")
+    try:
+        server.wait_ready()
+        answers = server.client.post("/predict", json={"inputs": inputs}).json()
+        if task == "pairs":  # a flat text is refused: a pair model never guesses how to split it
+            flat = server.client.post("/predict", json={"inputs": rows[0]["text_a"]})
+            assert flat.status_code == 422 and "text_pair" in flat.json()["error"]
+    finally:
+        assert server.stop() == 0
+    assert len(answers) == len(predicted) == 12
+    for answer, expected_row in zip(answers, predicted, strict=True):
+        if task == "multi_label":
+            assert answer["labels"] == sorted(expected_row["labels"], key=lambda k: -expected_row["probs"][k])
+            answer = answer["scores"]
+        _check(answer, expected_row["probs"])
