@@ -10,7 +10,6 @@ are deleted only after that, so the newest complete checkpoint always survives.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bertclf import console
+from bertclf.digest import file_sha256
 from bertclf.errors import OutputError, UsageError
 
 STATE_FILE = "trainer_state.json"
@@ -35,14 +35,6 @@ FINGERPRINT_FIELDS = ("model", "max_length", "truncation", "batch_size", "lr", "
 # Fields added after the first release: a checkpoint written before holds the settings they default to.
 ADDED_FIELD_DEFAULTS = {"text_pair_column": None, "multi_label": False, "label_separator": ",",
                         "long_text": "truncate", "stride": None}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -94,7 +86,7 @@ def save_checkpoint(output: Path, *, step: int, model_state: dict, optimizer, sc
                 rng[f"torch_cuda_{index}"] = state
         save_file(rng, str(tmp / RNG_FILE))
         state = {**loop_state, "step": step, "format_version": FORMAT_VERSION,
-                 "sha256": {name: _sha256(tmp / name) for name in (MODEL_FILE, OPTIMIZER_FILE, RNG_FILE)}}
+                 "sha256": {name: file_sha256(tmp / name) for name in (MODEL_FILE, OPTIMIZER_FILE, RNG_FILE)}}
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2), encoding="utf-8")
         for name in (MODEL_FILE, OPTIMIZER_FILE, RNG_FILE, STATE_FILE):
             with (tmp / name).open("rb") as handle:
@@ -127,7 +119,7 @@ def validate(path: Path) -> Checkpoint | None:
         if state.get("format_version") != FORMAT_VERSION:
             return None
         for name, digest in state["sha256"].items():
-            if _sha256(path / name) != digest:
+            if file_sha256(path / name) != digest:
                 return None
         return Checkpoint(path, state)
     except (OSError, ValueError, KeyError, TypeError):

@@ -8,12 +8,12 @@ left out, and counted aloud, never dropped silently.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bertclf import console
 from bertclf.config import TEXT_COLUMN_CANDIDATES
+from bertclf.digest import file_sha256
 from bertclf.errors import DataError, InputMissingError, UsageError
 
 CORPUS_FORMATS = ("txt", "csv", "tsv", "jsonl", "json", "parquet")
@@ -64,7 +64,7 @@ def read_corpus(paths: tuple[Path, ...] | list[Path], *, text_column: str | None
                             hint="Give a corpus with one text a line (.txt) or a text column.")
         if blank:
             console.info(f"{path}: {blank} blank line(s) or empty text(s) left out; {len(kept)} texts read.")
-        files.append(CorpusFile(str(path), chosen_format or _stream_format(path), used_encoding, _sha256(path),
+        files.append(CorpusFile(str(path), chosen_format or _stream_format(path), used_encoding, file_sha256(path),
                                 len(kept), blank))
         texts.extend(kept)
     return Corpus(texts, files)
@@ -92,11 +92,3 @@ def _parquet_texts(path: Path, text_column: str | None) -> tuple[list[str], str]
     table = read_table(path, fmt="parquet")
     column = choose_column(table.columns, text_column, TEXT_COLUMN_CANDIDATES, "--text-column", str(path))
     return [row[column] for row in table.rows], "parquet"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

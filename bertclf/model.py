@@ -42,9 +42,21 @@ class ResolvedModel:
     revision: str | None = None  # hub: the commit sha the files are; modelscope: the revision asked (or master)
 
     def describe(self) -> dict:
+        """The manifest's "model": what was asked for, what it resolved to and, for weights read from disk, the
+        sha256 of each weights file: the exact starting point whatever the source (a Hub commit is recorded as
+        `revision`; a ModelScope revision, a local directory or a package version names no such thing)."""
         return {"requested": self.requested, "name": self.name, "source": self.source,
                 "path": str(self.path) if self.path else None, "scratch_size": self.scratch_size,
-                "revision": self.revision}
+                "revision": self.revision, "weights_sha256": weights_digests(self.path)}
+
+
+def weights_digests(directory: Path | None) -> dict[str, str] | None:
+    """{weights file name: sha256} of a model directory's safetensors files (one, or the shards), or None."""
+    if directory is None:
+        return None
+    from bertclf.digest import file_sha256
+
+    return {path.name: file_sha256(path) for path in sorted(Path(directory).glob("*.safetensors"))}
 
 
 def choose_auto_model(share_cjk: float) -> str:

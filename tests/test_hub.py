@@ -273,6 +273,9 @@ def test_modelscope_model_downloads_with_snapshot_download_and_trains(cli, serve
     assert model["source"] == "modelscope" and model["requested"] == "ms://org/name" and model["revision"] == "master"
     assert Path(model["path"]).is_relative_to(tmp_path / "ms")
     assert layers_of(tmp_path / "run") == 2  # main's weights, loaded by plain transformers
+    # "master" names a branch, not a version: the weights' digest says exactly which files the run started from
+    assert model["weights_sha256"] == {"model.safetensors": hashlib.sha256(
+        (Path(model["path"]) / "model.safetensors").read_bytes()).hexdigest()}
     fetched = [path for _, path in server.requests if "FilePath=" in path]
     assert fetched and not any(".bin" in path for path in fetched) and server.hub_requests() == []
 
