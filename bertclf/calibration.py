@@ -97,7 +97,7 @@ def fold_temperature(model, temperature: float) -> None:
 
 
 def calibrate_saved_model(run_dir: Path, tokenizer, encoded, targets: np.ndarray, space, batch_size: int,
-                          device) -> tuple[dict[str, Any] | None, np.ndarray | None]:
+                          device) -> tuple[dict[str, Any], np.ndarray | None]:
     """Fit T on the best model saved in `run_dir`, fold it in and save the model again. Returns the
     manifest's "calibration" record and the calibrated validation probabilities; or, where the model is left
     as it is, a record that says why ({"method", "skipped"}) and None: validation cannot pin T down
