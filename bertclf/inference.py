@@ -64,7 +64,7 @@ def predict_logits(model, tokenizer, encoded: Encoded, batch_size: int, *, accel
                    device=None, precision: str = "fp32") -> np.ndarray:
     """Logits (n_texts, n_labels) in input order. With an accelerator, work is sharded across processes
     and gathered with gather_for_metrics, so each example counts once. precision "bf16" runs the batches
-    in bf16 autocast (bertclf.precision); the logits come back as fp32 either way."""
+    in bf16 (a model cast by bertclf.precision.cast_model, or under autocast); the logits come back as fp32."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -87,7 +87,7 @@ def predict_logits(model, tokenizer, encoded: Encoded, batch_size: int, *, accel
     was_training = model.training
     model.eval()
     chunks = []
-    with torch.inference_mode(), cls_only_last_layer(model), autocast(precision, device or "cpu"):
+    with torch.inference_mode(), cls_only_last_layer(model), autocast(precision, device or "cpu", model):
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()} if device is not None else batch
             logits = model(**batch).logits.float()

@@ -91,7 +91,7 @@ class Predictor:
         precision: auto, fp32 or bf16 (bertclf.precision; auto: bf16 where native and checked in training)."""
         import torch
 
-        from bertclf.precision import resolve_precision
+        from bertclf.precision import cast_model, resolve_precision
 
         check_compile(compile, backend=backend, quantize=quantize)
         check_precision(precision, backend=backend, quantize=quantize)
@@ -117,6 +117,7 @@ class Predictor:
         predictor = cls(Path(run_dir), manifest, tokenizer, model, device, max_length=max_length,
                         truncation=truncation, threshold=threshold)
         predictor.precision = resolve_precision(precision, device, manifest, backend=backend, quantize=quantize)
+        cast_model(model, predictor.precision.precision)
         predictor.compile_report = predictor._compile(compile if backend == "torch" and not quantize else "no")
         return predictor
 

@@ -222,7 +222,7 @@ class InferenceWorker(threading.Thread):
         predictor = self.predictor
         try:
             logits = predict_logits(predictor.model, predictor.tokenizer, merged, self.config.batch_size,
-                                    device=predictor.device)
+                                    device=predictor.device, precision=predictor.precision.precision)
         except Exception as exc:  # noqa: BLE001 - every job of the round is answered, with the error
             for job in jobs:
                 _resolve(job, ApiError(500, f"Inference failed: {type(exc).__name__}: {exc}", "backend"))

@@ -93,3 +93,25 @@ def test_predict_and_eval_in_bf16_keep_labels_and_say_so(cli, tiny_run):
     again = cli("eval", tiny_run, EXAMPLES / "en_topics.csv", "--json", "--bootstrap", "0", "--precision", "bf16",
                 "--cpu")[1]
     assert json.loads(again)["metrics"] == json.loads(stdout)["metrics"]
+
+
+def test_bf16_casts_the_model_once_and_fp32_leaves_it(tiny_run):
+    """bf16 prediction holds bf16 weights (no recast of every weight matrix per batch, as autocast did); its
+    probabilities are those of the fp32 model under autocast to within bf16's rounding, and come back as fp32."""
+    import torch
+
+    from bertclf.inference import predict_logits
+    from bertclf.predict import Predictor
+
+    texts = ["a short text", "another, somewhat longer text about sports and weather"]
+    bf16 = Predictor.from_dir(tiny_run, cpu=True, precision="bf16")
+    fp32 = Predictor.from_dir(tiny_run, cpu=True, precision="fp32")
+    assert bf16.model.dtype == torch.bfloat16 and fp32.model.dtype == torch.float32
+    cast_probs = bf16.predict_proba(texts)
+    assert cast_probs.dtype == np.float64 and np.isfinite(cast_probs).all()
+    encoded = bf16.probabilities_of(texts)[1]
+    autocast_logits = predict_logits(fp32.model, fp32.tokenizer, encoded, 8, device="cpu", precision="bf16")
+    cast_logits = predict_logits(bf16.model, bf16.tokenizer, encoded, 8, device="cpu", precision="bf16")
+    assert cast_logits.dtype == np.float32
+    assert np.abs(cast_logits - autocast_logits).max() < 0.1
+    assert np.abs(fp32.predict_proba(texts) - cast_probs).max() < 0.05
