@@ -386,7 +386,8 @@ class Bench:
         n = doc["texts"]
         dim, peak = self.dims(ds), self.peak()
         rates = {name: [n / t for t in seconds] for name, seconds in doc["seconds"].items()}
-        stat_keys = {"bertclf": "predict_bertclf", "bertclf_int8": "predict_bertclf", "bertclf_bf16": "predict_bertclf",
+        stat_keys = {"bertclf": "predict_bertclf", "bertclf_int8": "predict_bertclf",
+                     "bertclf_bf16": "predict_bertclf_bf16",
                      "pipeline_bs1": "pipeline_bs1", "pipeline_bs32": "pipeline_bs32"}
         labels = {"bertclf": "bertclf Predictor.predict_proba (fp32)", "bertclf_int8": "bertclf --quantize int8",
                   "bertclf_bf16": "bertclf --precision bf16",

@@ -111,7 +111,7 @@ def cmd_prep(args) -> None:
     import torch
 
     from bertclf.encoding import EncodingSpec, encode
-    from bertclf.inference import CPU_TOKENS_PER_BATCH, token_budget_batches
+    from bertclf.inference import CPU_TOKENS_PER_BATCH, cpu_token_budget, token_budget_batches
     from bertclf.model import load_tokenizer, resolve_model
 
     result = {"threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
@@ -150,6 +150,8 @@ def cmd_prep(args) -> None:
                 # CPU_TOKENS_PER_BATCH padded tokens a batch
                 "predict_bertclf": batch_stats(test_len, token_budget_batches(test_len, by_length, 64,
                                                                               CPU_TOKENS_PER_BATCH)),
+                "predict_bertclf_bf16": batch_stats(test_len, token_budget_batches(test_len, by_length, 64,
+                                                                                   cpu_token_budget("bf16"))),
                 "pipeline_bs1": batch_stats(test_len, chunks(list(range(len(test_len))), 1)),
                 "pipeline_bs32": batch_stats(test_len, chunks(list(range(len(test_len))), 32)),
                 "eval_bertclf": batch_stats(eval_len, token_budget_batches(eval_len, eval_sorted, 64,
