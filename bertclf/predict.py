@@ -88,7 +88,8 @@ class Predictor:
         """Load a run. backend "onnx" runs RUN_DIR/onnx/model.onnx (model_quantized.onnx with quantize int8)
         with onnxruntime on the CPU, in the same inference engine; it needs no model.safetensors. compile
         "yes" compiles the torch model's forward (bertclf.compiling) and compiles it here, before returning.
-        precision: auto, fp32 or bf16 (bertclf.precision; auto: bf16 where native and checked in training)."""
+        precision: auto, fp32 or bf16 (bertclf.precision; auto: bf16 where native and checked in training); in
+        bf16 `model` holds bf16 weights (cast once), so code calling it directly gets bf16 logits."""
         import torch
 
         from bertclf.precision import cast_model, resolve_precision
