@@ -117,16 +117,19 @@ def label_agreement(fp32: np.ndarray, bf16: np.ndarray, thresholds: np.ndarray |
 
 
 def check_bf16_labels(run_dir: Path, tokenizer, encoded, space, thresholds: np.ndarray | None, batch_size: int,
-                      device) -> dict[str, Any] | None:
+                      device, fp32: np.ndarray | None = None) -> dict[str, Any] | None:
     """At the end of training: the saved best model's validation labels in bf16 against fp32, for the manifest's
-    `inference.bf16`. None where the device has no native bf16 (auto would not use bf16 there anyway)."""
+    `inference.bf16`. None where the device has no native bf16 (auto would not use bf16 there anyway). `fp32`:
+    the saved model's fp32 validation probabilities where the caller already has them (calibration, thresholds:
+    the same batches, so the same numbers), which spares a pass over validation."""
     from bertclf.inference import predict_probs
     from bertclf.model import load_run_model
 
     if len(encoded) == 0 or not native_bf16(device):
         return None
     model = load_run_model(run_dir).to(device)
-    fp32 = predict_probs(model, tokenizer, encoded, space, batch_size, device=device)
+    if fp32 is None:
+        fp32 = predict_probs(model, tokenizer, encoded, space, batch_size, device=device)
     # The bf16 labels as predict computes them: the model cast to bf16 (cast_model).
     bf16 = predict_probs(cast_model(model, "bf16"), tokenizer, encoded, space, batch_size, device=device,
                          precision="bf16")

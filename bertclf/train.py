@@ -529,13 +529,13 @@ def finish_run(run: TrainingRun, loop: TrainingLoop, manifest: dict, data: Train
     accelerator, output, state = run.accelerator, run.output, loop.state
     accelerator.wait_for_everyone()
     best_metrics = loop.best_metrics
-    calibration = None
+    calibration = fp32_probs = None
     if run.config.multi_label and run.is_main:
-        best_metrics = _tune_thresholds(run, manifest, data, state.best_step)
+        best_metrics, fp32_probs = _tune_thresholds(run, manifest, data, state.best_step)
     elif run.is_main:
-        best_metrics, calibration = _calibrate(run, data, state.best_step, best_metrics)
+        best_metrics, calibration, fp32_probs = _calibrate(run, data, state.best_step, best_metrics)
     if run.is_main:
-        _check_bf16_inference(run, manifest, data)
+        _check_bf16_inference(run, manifest, data, fp32_probs)
     accelerator.wait_for_everyone()
     forward = compiling.compiled_forward(accelerator.unwrap_model(run.model))
     if manifest["compile"]["enabled"] and forward is not None:  # recompiles during the loop, if any, show here
@@ -563,11 +563,12 @@ def finish_run(run: TrainingRun, loop: TrainingLoop, manifest: dict, data: Train
     )
 
 
-def _tune_thresholds(run: TrainingRun, manifest: dict, data: TrainingData, best_step: int) -> dict:
+def _tune_thresholds(run: TrainingRun, manifest: dict, data: TrainingData, best_step: int) -> tuple[dict, Any]:
     """One threshold per label, the one maximising that label's F1 on validation; eval and predict use
     them. The probabilities come from the saved best model run as eval and predict run it (full
     precision, no autocast), so the thresholds fit the scores they will be applied to, and a resumed run
-    tunes the same ones. Only the main process, which wrote the model, does this."""
+    tunes the same ones. Only the main process, which wrote the model, does this. Returns the validation
+    metrics and those probabilities (the bf16 check compares against them)."""
     from bertclf.inference import predict_probs
     from bertclf.metrics import score
     from bertclf.model import load_run_model
@@ -584,13 +585,14 @@ def _tune_thresholds(run: TrainingRun, manifest: dict, data: TrainingData, best_
     console.info(f"Per-label thresholds tuned on validation: micro-F1 {best_metrics['micro_f1']:.4f} "
                  f"(at 0.5 for every label: {best_metrics['at_threshold_0.5']['micro_f1']:.4f}). "
                  "Validation scores at tuned thresholds are optimistic; eval a test file for real ones.")
-    return best_metrics
+    return best_metrics, probs
 
 
-def _check_bf16_inference(run: TrainingRun, manifest: dict, data: TrainingData) -> None:
+def _check_bf16_inference(run: TrainingRun, manifest: dict, data: TrainingData, fp32_probs=None) -> None:
     """Where this device computes bf16 natively: the saved model's validation labels in bf16 against fp32,
     recorded as manifest["inference"]["bf16"]; predict/eval/serve --precision auto use bf16 only when they
-    agree (bertclf.precision). After calibration and thresholds: the check is of the model as it is saved."""
+    agree (bertclf.precision). After calibration and thresholds: the check is of the model as it is saved.
+    fp32_probs: the saved model's fp32 validation probabilities, where calibration or thresholds computed them."""
     import numpy as np
 
     from bertclf.precision import MIN_BF16_AGREEMENT, check_bf16_labels
@@ -598,7 +600,7 @@ def _check_bf16_inference(run: TrainingRun, manifest: dict, data: TrainingData) 
     thresholds = manifest.get("thresholds")
     check = check_bf16_labels(run.output, run.tokenizer, run.val_encoded, data.space,
                               None if thresholds is None else np.asarray([thresholds[label] for label in data.labels]),
-                              run.config.batch_size * 2, run.accelerator.device)
+                              run.config.batch_size * 2, run.accelerator.device, fp32_probs)
     if check is None:
         return
     manifest["inference"] = {"bf16": check}
@@ -608,10 +610,12 @@ def _check_bf16_inference(run: TrainingRun, manifest: dict, data: TrainingData) 
                  f"{check['label_agreement']:.2%} of {check['texts']} texts; {verdict} (--precision to choose).")
 
 
-def _calibrate(run: TrainingRun, data: TrainingData, best_step: int, best_metrics: dict) -> tuple[dict, dict | None]:
+def _calibrate(run: TrainingRun, data: TrainingData, best_step: int,
+               best_metrics: dict) -> tuple[dict, dict | None, Any]:
     """Single-label runs: temperature scaling fitted on validation and folded into the saved best model
     (bertclf.calibration); metrics.json then holds the calibrated validation metrics and the fit. Returns
-    (validation metrics, the manifest's "calibration" record or None). Multi-label runs are not scaled:
+    (validation metrics, the manifest's "calibration" record or None, the saved model's validation
+    probabilities where a fit computed them, else None). Multi-label runs are not scaled:
     their per-label thresholds are tuned on these very scores, and one temperature would only move the
     thresholds, not make the scores mean more.
 
@@ -622,16 +626,16 @@ def _calibrate(run: TrainingRun, data: TrainingData, best_step: int, best_metric
     from bertclf.metrics import score
 
     if "calibration" in best_metrics:
-        return best_metrics, best_metrics["calibration"]
+        return best_metrics, best_metrics["calibration"], None
     if not run.config.calibration:
-        return best_metrics, None
+        return best_metrics, None, None
     record, probs = calibrate_saved_model(run.output, run.tokenizer, run.val_encoded, data.val_targets, data.space,
                                           run.config.batch_size * 2, run.accelerator.device)
     if probs is None:  # left raw: the record says why
-        return best_metrics, record
+        return best_metrics, record, None
     metrics = {**score(probs, data.val_targets, data.space), "calibration": record}
     write_json_atomic(run.output / "metrics.json", {"split": "validation", "step": best_step, **metrics})
     console.info(f"Scores calibrated on validation: temperature {record['temperature']:.3f}, ECE "
                  f"{record['ece_before']:.4f} -> {record['ece_after']:.4f}, NLL {record['nll_before']:.4f} -> "
                  f"{record['nll_after']:.4f} (predictions unchanged; --no-calibration keeps the raw scores).")
-    return metrics, record
+    return metrics, record, probs

@@ -138,3 +138,26 @@ def test_pipeline_on_the_saved_run_returns_the_calibrated_scores(pair):
         scores = {d["label"]: d["score"] for d in result}
         assert [scores[label] for label in labels] == pytest.approx(list(row), abs=1e-5)
 
+
+
+def test_calibrated_probabilities_are_bit_for_bit_those_of_the_saved_model(pair, tmp_path):
+    """Training's bf16 check reuses the probabilities calibration returns as the saved model's fp32 ones, so they
+    must be exactly what the saved model gives in fp32 with the same batches."""
+    import shutil
+
+    from bertclf.calibration import calibrate_saved_model
+    from bertclf.inference import predict_probs
+    from bertclf.model import load_run_model
+    from bertclf.predict import Predictor
+
+    run = tmp_path / "run"
+    shutil.copytree(pair["raw"], run)
+    with (EXAMPLES / "en_topics_test.csv").open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    predictor = Predictor.from_dir(run, cpu=True, precision="fp32")
+    encoded = predictor.probabilities_of([r["text"] for r in rows], None, 64)[1]
+    targets = predictor.space.targets([r["label"] for r in rows])
+    record, probs = calibrate_saved_model(run, predictor.tokenizer, encoded, targets, predictor.space, 16, "cpu")
+    assert "temperature" in record and probs is not None
+    saved = predict_probs(load_run_model(run), predictor.tokenizer, encoded, predictor.space, 16, device="cpu")
+    assert np.array_equal(probs, saved)
