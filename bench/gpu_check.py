@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/gpu_check.py                 # on a CUDA GPU, about 5-8 minutes
     .venv/bin/python bench/gpu_check.py --device cpu --steps 20 --predict-rows 300   # the same on a CPU (bf16 only
-                                                # where it has AMX or AVX512-BF16), about 10 minutes on 2 cores
+                                                # where it has AMX or AVX512-BF16), 20-30 minutes on 2 cores
+                                                # (the base model alone, 12 steps: 17 minutes)
 
 Runs in one process through bertclf's Python API (`bertclf.train.train`, `Predictor`), so peak memory comes from
 torch.cuda.max_memory_allocated. Models: the packaged all-MiniLM-L6-v2 on en_wordnet_verbs, and a BERT of
