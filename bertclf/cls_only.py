@@ -14,6 +14,9 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+# Training's validation passes see the model with bertclf.fast_dropout's attention: sdpa itself in eval mode.
+from bertclf.fast_dropout import ATTENTION as FAST_DROPOUT_ATTENTION
+
 
 def supports_cls_only(model) -> bool:
     config = getattr(model, "config", None)
@@ -25,7 +28,7 @@ def supports_cls_only(model) -> bool:
         and not config.is_decoder
         and not getattr(config, "add_cross_attention", False)
         and not getattr(config, "chunk_size_feed_forward", 0)
-        and getattr(config, "_attn_implementation", None) in ("sdpa", "eager")
+        and getattr(config, "_attn_implementation", None) in ("sdpa", "eager", FAST_DROPOUT_ATTENTION)
         and len(bert.encoder.layer) > 0
         # A wrapped layer (FSDP and the like) has its own forward, which must not be shadowed.
         and type(bert.encoder.layer[-1]).__name__ == "BertLayer"

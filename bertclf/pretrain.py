@@ -185,6 +185,7 @@ def build_pretraining(config: PretrainConfig, corpus: PretrainCorpus, run_dir: R
     from transformers import get_linear_schedule_with_warmup
 
     from bertclf.encoding import LengthGroupedSampler
+    from bertclf.fast_dropout import use_fast_dropout
     from bertclf.mlm import Masker, PackedDataset, masked_batches, pad_batch
     from bertclf.model import usable_max_length
     from bertclf.train import _build_optimizer
@@ -202,6 +203,8 @@ def build_pretraining(config: PretrainConfig, corpus: PretrainCorpus, run_dir: R
                                          collate_fn=pad_batch(tokenizer.pad_token_id))
     lr = config.lr if config.lr is not None else auto_lr(model, resolved.source)
     optimizer = _build_optimizer(model, config, lr)
+    if accelerator.device.type == "cpu":
+        use_fast_dropout(model)  # dropout's masks were the largest cost after the matmuls (fast_dropout.py)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     steps_per_epoch = max(1, math.ceil(len(loader) / config.grad_accum))
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))

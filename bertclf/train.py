@@ -361,6 +361,8 @@ def _build_loop_parts(config: TrainConfig, data: TrainingData, built: LoadedMode
     import torch
     from transformers import get_linear_schedule_with_warmup
 
+    from bertclf.fast_dropout import use_fast_dropout
+
     compute_loss = _loss_function(data.space, data.loss_weights)
     # Length-grouped batches: texts of similar length share a batch, so padding stays small.
     global_batch = config.batch_size * accelerator.num_processes
@@ -375,6 +377,8 @@ def _build_loop_parts(config: TrainConfig, data: TrainingData, built: LoadedMode
     # Compiled in place before prepare: the model stays the same object (no _orig_mod. in its weights' names)
     # and accelerate's autocast, for mixed precision, wraps the compiled forward.
     forward = compiling.compile_model(built.model, training=True) if compile_on else None
+    if forward is None and accelerator.device.type == "cpu":
+        use_fast_dropout(built.model)  # dropout's masks were the largest cost after the matmuls (fast_dropout.py)
     model, optimizer, train_loader = accelerator.prepare(built.model, optimizer, train_loader)
     steps_per_epoch = max(1, math.ceil(len(train_loader) / config.grad_accum))
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))

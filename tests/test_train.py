@@ -39,9 +39,16 @@ def test_run_directory_is_complete_and_self_describing(tiny_run):
     assert "cooking" in card and "bertclf predict" in card
 
 
-def test_tiny_model_learns_the_example_topics(tiny_run):
-    metrics = json.loads((tiny_run / "metrics.json").read_text())
-    assert metrics["accuracy"] > 0.5  # 4 balanced classes: chance is 0.25
+def test_tiny_model_learns_the_example_topics(tiny_run, cli):
+    """Learning, measured where it is not luck: with 24 validation rows a random 32-wide model's best validation
+    accuracy moves between 0.33 and 0.79 from seed to seed (native and fast dropout alike, 8 seeds each), so
+    the test reads the training loss and how well the kept model fits the file it was trained on."""
+    log = [json.loads(line) for line in (tiny_run / "train_log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in log if r["type"] == "train"]
+    assert losses[-1] < 0.75 * losses[0], losses
+    code, stdout, stderr = cli("eval", tiny_run, EXAMPLES / "en_topics.csv", "--json")
+    assert code == 0, stderr
+    assert json.loads(stdout)["metrics"]["accuracy"] > 0.5  # 4 balanced classes: chance is 0.25
 
 
 def test_transformers_pipeline_loads_the_run_unchanged(tiny_run):
