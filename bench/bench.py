@@ -53,6 +53,7 @@ WORKER = ROOT / "bench" / "worker.py"
 PY = sys.executable
 MODEL = "all-MiniLM-L6-v2"
 DATASETS = {"en": "en_wordnet_verbs", "zh": "zh_reviews"}
+TORCH_DROPOUT = ["env", "BERTCLF_FAST_DROPOUT=0"]  # prefix for a bertclf command that keeps torch's dropout
 SECTIONS = ("peak", "help", "tta", "defaults", "train", "accuracy", "predict", "eval", "rss")
 # Hyperparameters for every training run, both sides: bertclf's defaults for MiniLM (lr auto = 1e-4), given
 # explicitly to the Trainer (whose own defaults are lr 5e-5, no warmup, no weight decay).
@@ -274,6 +275,9 @@ class Bench:
             "bertclf auto": self.train_cmd(ds, "auto", out / "bertclf-auto"),
             "Trainer tuned bf16": self.hf_train_cmd(ds, out / "hf", "--config", "tuned", "--batch-size", BATCH,
                                                     "--steps", s.steps, "--bf16"),
+            # bertclf with torch's own dropout (bertclf/fast_dropout.py's opt-out): what the numpy masks buy.
+            "bertclf fp32, torch dropout": [*TORCH_DROPOUT, *self.train_cmd(ds, "no", out / "bertclf-no-td")],
+            "bertclf auto, torch dropout": [*TORCH_DROPOUT, *self.train_cmd(ds, "auto", out / "bertclf-auto-td")],
         }
         runs: dict[str, list[dict]] = {name: [] for name in variants}
         for repeat, name in interleaved(list(variants), s.train_repeats):
@@ -311,7 +315,9 @@ class Bench:
                              "end_to_end_wall_s": summary([r["wall_s"] for r in ok]), "mfu": util, "runs": records}
         ratios = {}
         for ours, theirs in (("bertclf fp32", "Trainer run_classification defaults"),
-                             ("bertclf fp32", "Trainer tuned"), ("bertclf auto", "Trainer tuned bf16")):
+                             ("bertclf fp32", "Trainer tuned"), ("bertclf auto", "Trainer tuned bf16"),
+                             ("bertclf fp32", "bertclf fp32, torch dropout"),
+                             ("bertclf auto", "bertclf auto, torch dropout"), ("bertclf auto", "bertclf fp32")):
             ratios[f"{ours} / {theirs}"] = {
                 "samples_per_second": paired_ratio([r.get("samples_per_second") for r in runs[ours]],
                                                    [r.get("samples_per_second") for r in runs[theirs]]),
