@@ -94,7 +94,8 @@ def _validation_logits(run):
 
     with (EXAMPLES / "en_topics_test.csv").open(encoding="utf-8", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    predictor = Predictor.from_dir(run, cpu=True)
+    # fp32, as training measured the calibration and as transformers' pipeline runs the saved model.
+    predictor = Predictor.from_dir(run, cpu=True, precision="fp32")
     probs, _ = predictor.probabilities_of([r["text"] for r in rows], None, 64)
     return probs, predictor.space.targets([r["label"] for r in rows])
 

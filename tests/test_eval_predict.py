@@ -117,9 +117,15 @@ def test_predictor_python_api(tiny_run):
     predictor = Predictor.from_dir(tiny_run, cpu=True)
     one = predictor.predict(["Stir the soup", "Storm warning"], top_k=3)
     assert len(one) == 2 and len(one[0].top_k) == 3
-    probs_1 = predictor.predict_proba(["Stir the soup", "Storm warning", "A goal"], batch_size=1)
-    probs_32 = predictor.predict_proba(["Stir the soup", "Storm warning", "A goal"], batch_size=32)
-    assert abs(probs_1 - probs_32).max() < 1e-5  # batching and padding do not change results
+    texts = ["Stir the soup", "Storm warning", "A goal"]
+    # In fp32, batching and padding do not change results. In bf16 (what auto picks where the CPU has it and
+    # training's check passed) a batch of 1 and one of 3 run different matmul kernels whose rounding differs
+    # in the last bf16 digits: close, not equal.
+    exact = Predictor.from_dir(tiny_run, cpu=True, precision="fp32")
+    assert abs(exact.predict_proba(texts, batch_size=1) - exact.predict_proba(texts, batch_size=32)).max() < 1e-5
+    probs_1, probs_32 = predictor.predict_proba(texts, batch_size=1), predictor.predict_proba(texts, batch_size=32)
+    assert abs(probs_1 - probs_32).max() < 5e-3
+    assert (probs_1.argmax(axis=1) == probs_32.argmax(axis=1)).all()
 
 
 def test_report_files_for_a_hand_checked_case(tmp_path):
