@@ -31,8 +31,8 @@ def test_run_directory_is_complete_and_self_describing(tiny_run):
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     assert 0.0 <= metrics["macro_f1"] <= 1.0 and metrics["step"] == manifest["best_step"]
     log = [json.loads(line) for line in (tiny_run / "train_log.jsonl").read_text().splitlines()]
-    # 216 training rows in batches of 16: 14 steps an epoch, one evaluation at the end of each of 10 epochs
-    assert [r["step"] for r in log if r["type"] == "eval"] == list(range(14, 141, 14))
+    # 216 training rows in batches of 16: 14 steps an epoch, one evaluation at the end of each of 20 epochs (conftest.tiny_run)
+    assert [r["step"] for r in log if r["type"] == "eval"] == list(range(14, 281, 14))
     assert all(0.0 <= r["val_macro_f1"] <= 1.0 for r in log if r["type"] == "eval")
     assert any(r["type"] == "train" and r["loss"] > 0 and r["learning_rate"] >= 0 for r in log)
     card = (tiny_run / "README.md").read_text()
