@@ -31,7 +31,7 @@ def test_run_directory_is_complete_and_self_describing(tiny_run):
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     assert 0.0 <= metrics["macro_f1"] <= 1.0 and metrics["step"] == manifest["best_step"]
     log = [json.loads(line) for line in (tiny_run / "train_log.jsonl").read_text().splitlines()]
-    # 216 training rows in batches of 16: 14 steps an epoch, one evaluation at the end of each of 20 epochs (conftest.tiny_run)
+    # 216 training rows in batches of 16: 14 steps an epoch, an evaluation after each of 20 epochs (tiny_run)
     assert [r["step"] for r in log if r["type"] == "eval"] == list(range(14, 281, 14))
     assert all(0.0 <= r["val_macro_f1"] <= 1.0 for r in log if r["type"] == "eval")
     assert any(r["type"] == "train" and r["loss"] > 0 and r["learning_rate"] >= 0 for r in log)
