@@ -182,8 +182,9 @@ class Bench:
         folder = DATA / DATASETS[dataset]
         return self.bertclf("train", folder / "train.csv", "--validation", folder / "dev.csv", "--model", MODEL,
                             "--max-steps", steps or self.settings.steps, "--batch-size", BATCH, "--lr", LR,
-                            "--warmup-ratio", WARMUP, "--weight-decay", WEIGHT_DECAY, "--seed", SEED,
-                            "--mixed-precision", precision, "--cpu", "--json", "-o", output, "--overwrite")
+                            "--max-length", 128, "--warmup-ratio", WARMUP, "--weight-decay", WEIGHT_DECAY,
+                            "--seed", SEED, "--mixed-precision", precision, "--cpu", "--json", "-o", output,
+                            "--overwrite")
 
     def hf_train_cmd(self, dataset: str, output: Path, *args) -> list[str]:
         """The Trainer side with the same hyperparameters as train_cmd."""

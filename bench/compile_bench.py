@@ -109,8 +109,9 @@ class Bench:
         for repeat, mode in interleaved(list(MODES), self.args.repeats):
             output = self.work / f"train-{dataset}-{precision}-{mode}-{repeat}"
             cmd = bertclf("train", folder / "train.csv", "--validation", validation, "--model", MODEL,
-                          "--max-steps", self.args.steps, "--batch-size", BATCH, "--lr", LR, "--warmup-ratio", WARMUP,
-                          "--weight-decay", WEIGHT_DECAY, "--seed", SEED, "--mixed-precision", precision,
+                          "--max-steps", self.args.steps, "--batch-size", BATCH, "--lr", LR, "--max-length", 128,
+                          "--warmup-ratio", WARMUP, "--weight-decay", WEIGHT_DECAY, "--seed", SEED,
+                          "--mixed-precision", precision,
                           "--no-calibration", "--cpu", "--json", "-o", output, "--overwrite", "--compile", mode)
             child, record = self.measured(cmd, mode)
             result = child.json()

@@ -89,8 +89,8 @@ def train_once(model: str, dataset: str, precision: str, steps: int, device: str
     out = work / f"{Path(model).name}-{precision}"
     every = max(1, steps // 6)
     config = TrainConfig(train_file=DATA / dataset / "train.csv", validation_file=DATA / dataset / "dev.csv",
-                         model=model, output=out, overwrite=True, max_steps=steps, eval_every=every, log_every=every,
-                         mixed_precision=precision, cpu=device == "cpu", calibration=False)
+                         model=model, output=out, overwrite=True, max_steps=steps, max_length=128, eval_every=every,
+                         log_every=every, mixed_precision=precision, cpu=device == "cpu", calibration=False)
     result = train(config)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
     accuracies = [r["val_accuracy"] for r in map(json.loads, (out / "train_log.jsonl").read_text().splitlines())

@@ -95,7 +95,9 @@ class TrainConfig:
     revision: str | None = None  # a Hub (or ModelScope) model's branch, tag or commit; None: the default branch
     output: Path | None = None  # None: runs/<data file stem>-<timestamp>
     overwrite: bool = False
-    max_length: int = 128  # in tokens, [CLS] and [SEP] included
+    # In tokens, [CLS] and [SEP] included. None ("auto"): the shortest of 128/256/512 that holds 95% of the
+    # training texts whole (encoding.auto_max_length).
+    max_length: int | None = None
     # head+tail keeps the start and the end of a long text: on zh_reviews (18% of texts over 128 tokens) a
     # scratch model scored test accuracy 0.830 with it against 0.810 keeping the head only.
     truncation: str = "head+tail"
@@ -132,13 +134,15 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(0.0 < self.validation_split < 1.0, "--validation-split", self.validation_split,
                "Give a fraction between 0 and 1, for example 0.1.")
-        _check(8 <= self.max_length <= 8192, "--max-length", self.max_length, "Give 8 to 8192 tokens.")
+        _check(self.max_length is None or 8 <= self.max_length <= 8192, "--max-length", self.max_length,
+               "Give 8 to 8192 tokens, or auto.")
         _check(self.truncation in TRUNCATION_STRATEGIES, "--truncation", self.truncation,
                f"Choose one of: {', '.join(TRUNCATION_STRATEGIES)}.")
         _check(self.long_text in LONG_TEXT_MODES, "--long-text", self.long_text,
                f"Choose one of: {', '.join(LONG_TEXT_MODES)}.")
-        _check(self.stride is None or 0 <= self.stride <= self.max_length // 2, "--stride", self.stride,
-               f"Give 0 to {self.max_length // 2} tokens (at most half of --max-length).")
+        most = (self.max_length or 8192) // 2
+        _check(self.stride is None or 0 <= self.stride <= most, "--stride", self.stride,
+               f"Give 0 to {most} tokens (at most half of --max-length).")
         _check(bool(self.label_separator.strip()), "--label-separator", self.label_separator,
                "Give a non-blank separator such as ',' or '|'.")
         check_loop_settings(self)
@@ -154,9 +158,9 @@ class TrainConfig:
     def greater_is_better(self) -> bool:
         return self.metric not in LOWER_IS_BETTER
 
-    @property
-    def resolved_stride(self) -> int:
-        return self.stride if self.stride is not None else self.max_length // 4
+    def stride_for(self, max_length: int) -> int:
+        """--stride, or a quarter of the (resolved) max length; never more than half of it."""
+        return min(self.stride if self.stride is not None else max_length // 4, max_length // 2)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (paths as strings)."""
@@ -207,6 +211,10 @@ def _parse_auto(value: str, flag: str, convert, example: str):
 
 def parse_batch_size(value: str) -> int | None:
     return _parse_auto(value, "--batch-size", int, "a whole number such as 32")
+
+
+def parse_max_length(value: str) -> int | None:
+    return _parse_auto(value, "--max-length", int, "a number of tokens such as 256")
 
 
 def parse_learning_rate(value: str) -> float | None:

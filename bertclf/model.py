@@ -183,7 +183,7 @@ def load_tokenizer(path: Path):
     return tokenizer
 
 
-def load_for_training(resolved: ResolvedModel, labels: list[str], train_texts: list[str], max_length: int,
+def load_for_training(resolved: ResolvedModel, labels: list[str], train_texts: list[str], max_length: int | None,
                       workdir: Path, multi_label: bool = False, vocab_dir: Path | None = None):
     """(tokenizer, model) with a fresh classification head for `labels`. The head's problem type (saved in
     config.json) makes transformers' pipeline apply a sigmoid per label to a multi-label run.
@@ -205,7 +205,7 @@ def load_for_training(resolved: ResolvedModel, labels: list[str], train_texts: l
         else:
             build_scratch_vocab(train_texts, workdir)
             tokenizer = scratch_tokenizer(workdir)
-        config = scratch_model_config(resolved.scratch_size, tokenizer, max_length)
+        config = scratch_model_config(resolved.scratch_size, tokenizer, max_length or 512)
         for key, value in head.items():
             setattr(config, key, value)
         model = BertForSequenceClassification(config)
@@ -227,17 +227,32 @@ def usable_max_length(model, max_length: int) -> int:
     return min(max_length, int(model.config.max_position_embeddings))
 
 
+def _pretrain_manifest(path: Path | None) -> dict:
+    """A `bertclf pretrain` directory's pretrain.json, or {} for any other model."""
+    manifest = Path(path) / "pretrain.json" if path else None
+    if manifest is None or not manifest.is_file():
+        return {}
+    try:
+        loaded = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def trained_length(model, path: Path | None) -> int:
+    """The longest input the model has learnt positions for: a `bertclf pretrain` model's sequence length (its
+    later position embeddings are still random), else the model's position table."""
+    positions = int(model.config.max_position_embeddings)
+    pretrained = _pretrain_manifest(path).get("max_length")
+    return min(positions, pretrained) if isinstance(pretrained, int) and pretrained > 0 else positions
+
+
 def pretrained_from_scratch(path: Path | None) -> bool:
     """Is this a `bertclf pretrain --model scratch...` directory? Such a model has seen minutes of pre-training,
     not weeks: fine-tuned at a pretrained model's rate it barely moves (zh_shopping_cats dev accuracy 0.783 at
     3e-4 against 0.817 at the scratch rate 1e-3; a 400-step model: 0.727 at 1e-4, 0.779 at 1e-3 after 2 epochs)."""
-    manifest = Path(path) / "pretrain.json" if path else None
-    if manifest is None or not manifest.is_file():
-        return False
-    try:
-        return json.loads(manifest.read_text(encoding="utf-8")).get("model", {}).get("source") == "scratch"
-    except (OSError, ValueError, AttributeError):
-        return False
+    model = _pretrain_manifest(path).get("model")
+    return isinstance(model, dict) and model.get("source") == "scratch"
 
 
 def auto_learning_rate(model, source: str, path: Path | None = None) -> float:

@@ -61,6 +61,7 @@ def train_manifest(config, *, data, spec, model: dict[str, Any], lr: float, mixe
         "label_column": train.label_column,
         "label_separator": config.label_separator if config.multi_label else None,
         **spec.to_dict(),
+        "max_length_source": "auto" if config.max_length is None else "--max-length",
         "model": model,
         "learning_rate": lr,
         "learning_rate_source": "auto" if config.lr is None else "--lr",

@@ -28,7 +28,14 @@ from bertclf.data import (
     stratified_split,
     unknown_labels,
 )
-from bertclf.encoding import EncodedDataset, EncodingSpec, LengthGroupedSampler, encode_cached, padding_collator
+from bertclf.encoding import (
+    EncodedDataset,
+    EncodingSpec,
+    LengthGroupedSampler,
+    auto_max_length,
+    encode_cached,
+    padding_collator,
+)
 from bertclf.errors import DataError, InputMissingError, UsageError
 from bertclf.labels import LabelSpace, rarest_label_keys, tune_thresholds
 from bertclf.metrics import scalar_metrics
@@ -300,7 +307,7 @@ def build_run(config: TrainConfig, data: TrainingData, run_dir: RunDirectory, ac
 
 
 def _load_model(config: TrainConfig, data: TrainingData, run_dir: RunDirectory, accelerator) -> LoadedModel:
-    from bertclf.model import auto_learning_rate, load_for_training, usable_max_length
+    from bertclf.model import auto_learning_rate, load_for_training, trained_length, usable_max_length
 
     is_main, output = accelerator.is_main_process, run_dir.path
     resolved = resolve_for_run(config, data.train_texts, run_dir, accelerator)
@@ -314,9 +321,10 @@ def _load_model(config: TrainConfig, data: TrainingData, run_dir: RunDirectory, 
                                              vocab_dir=vocab_dir)
     if is_main:
         run_dir.make_ready()  # the model is resolved and loaded: now the run may write
-    max_length = usable_max_length(model, config.max_length)
+    max_length = (usable_max_length(model, config.max_length) if config.max_length is not None else
+                  auto_max_length(tokenizer, data.train_texts, data.train_pairs, trained_length(model, resolved.path)))
     spec = EncodingSpec(max_length=max_length, truncation=config.truncation, long_text=config.long_text,
-                        stride=min(config.resolved_stride, max_length // 2))
+                        stride=config.stride_for(max_length))
     with accelerator.main_process_first():  # one process tokenizes, the others reuse its cache
         cache = output / ".cache"
         train_encoded = encode_cached(tokenizer, data.train_texts, spec, cache, data.train_pairs)
@@ -443,6 +451,7 @@ def _report_start(config: TrainConfig, data: TrainingData, built: LoadedModel, r
         f"Training on {len(data.train_texts)} rows, validating on {len(data.val_texts)}; {len(data.labels)} labels; "
         f"{n_params / 1e6:.1f}M parameters; {run.total_steps} steps of {config.batch_size * config.grad_accum}"
         f"{processes} ({manifest['batch_size_source']}); lr {built.lr:g} ({manifest['learning_rate_source']}); "
+        f"max length {built.spec.max_length} ({manifest['max_length_source']}); "
         f"device {accelerator.device}, precision {mixed_precision}")
     for split, encoded in (("train", built.train_encoded), ("validation", built.val_encoded)):
         if not encoded.truncated:

@@ -11,7 +11,7 @@ import typer
 import bertclf.cli._output as _output
 from bertclf.cli._cli_utils import DATA_PANEL, MODEL_PANEL, OPT_PANEL, RUN_PANEL
 from bertclf.cli._errors import user_errors
-from bertclf.config import TrainConfig, parse_batch_size, parse_learning_rate
+from bertclf.config import TrainConfig, parse_batch_size, parse_learning_rate, parse_max_length
 
 D = TrainConfig  # defaults live once, in the dataclass
 
@@ -48,8 +48,9 @@ ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Local directory (a
 RevisionOpt = Annotated[str | None, typer.Option(help="Branch, tag or commit of a Hub or ModelScope --model (a "
                         "commit pins the exact files; the commit used is recorded in bertclf.json). Default: the "
                         "default branch.", rich_help_panel=MODEL_PANEL)]
-MaxLengthOpt = Annotated[int, typer.Option(help="Tokens per text, [CLS] and [SEP] included.",
-                          rich_help_panel=MODEL_PANEL)]
+MaxLengthOpt = Annotated[str, typer.Option(help="Tokens per text, [CLS] and [SEP] included, or auto: the "
+                          "shortest of 128, 256 and 512 that holds 95% of the training texts whole (at most what "
+                          "the model was trained on).", rich_help_panel=MODEL_PANEL)]
 TruncationOpt = Annotated[str, typer.Option(help="Which tokens of a long text to keep: head, tail or head+tail.",
                           rich_help_panel=MODEL_PANEL)]
 LongTextOpt = Annotated[str, typer.Option(help="truncate (per --truncation), or chunks: split long texts into "
@@ -128,7 +129,7 @@ def train(
     drop_empty: DropEmptyOpt = False,
     model: ModelOpt = D.model,
     revision: RevisionOpt = None,
-    max_length: MaxLengthOpt = D.max_length,
+    max_length: MaxLengthOpt = "auto",
     truncation: TruncationOpt = D.truncation,
     long_text: LongTextOpt = D.long_text,
     stride: StrideOpt = None,
@@ -172,8 +173,8 @@ def train(
             train_file=data, validation_file=validation, validation_split=validation_split,
             text_column=text_column, label_column=label_column, text_pair_column=text_pair_column,
             multi_label=multi_label, label_separator=label_separator, model=model, revision=revision, output=output,
-            overwrite=overwrite, max_length=max_length, truncation=truncation, long_text=long_text, stride=stride,
-            epochs=epochs, max_steps=max_steps,
+            overwrite=overwrite, max_length=parse_max_length(max_length), truncation=truncation, long_text=long_text,
+            stride=stride, epochs=epochs, max_steps=max_steps,
             batch_size=parse_batch_size(batch_size), lr=parse_learning_rate(lr), weight_decay=weight_decay,
             warmup_ratio=warmup_ratio, grad_accum=grad_accum, max_grad_norm=max_grad_norm,
             eval_every=eval_every, early_stopping=early_stopping, metric=metric, seed=seed,
