@@ -161,11 +161,15 @@ def auto_max_length(tokenizer, texts: list[str], pairs: list[str] | None, limit:
             b_lengths = [len(ids) + 1 for ids in _token_ids(tokenizer, pairs[start : start + 1000])]
             a_lengths = [a + b for a, b in zip(a_lengths, b_lengths, strict=True)]
         needed.extend(a_lengths)
-    if not needed:
-        return min(AUTO_LENGTHS[0], limit)
-    covered = int(np.quantile(np.asarray(needed), AUTO_COVERAGE, method="higher"))
-    chosen = next((length for length in AUTO_LENGTHS if covered <= length), AUTO_LENGTHS[-1])
-    return min(chosen, limit)
+    return min(length_covering(needed), limit)
+
+
+def length_covering(lengths: list[int]) -> int:
+    """The shortest of AUTO_LENGTHS that holds AUTO_COVERAGE of these sequence lengths, else the longest."""
+    if not lengths:
+        return AUTO_LENGTHS[0]
+    covered = int(np.quantile(np.asarray(lengths), AUTO_COVERAGE, method="higher"))
+    return next((length for length in AUTO_LENGTHS if covered <= length), AUTO_LENGTHS[-1])
 
 
 def encode_cached(tokenizer, texts: list[str], spec: EncodingSpec, cache_dir: Path,

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from bertclf.data import read_labelled
-from bertclf.encoding import EncodingSpec, encode
+from bertclf.encoding import EncodingSpec, encode, length_covering
 from bertclf.labels import label_key
 
 PERCENTILES = (50, 90, 95, 99, 100)
@@ -55,7 +55,9 @@ def inspect_file(path: Path, *, text_column: str | None = None, label_column: st
         report["tokens"] = {"model": model, "source": source, "max_length": max_length,
                             "percentiles": _percentiles(lengths.tolist()),
                             "truncated": int((lengths > max_length).sum()),
-                            "truncated_share": float((lengths > max_length).mean())}
+                            "truncated_share": float((lengths > max_length).mean()),
+                            # what `train --max-length auto` picks before the model's own cap
+                            "auto_max_length": length_covering(lengths.tolist())}
     if against is not None:
         other = read_labelled(against, text_column=text_column, label_column=label_column, encoding=encoding,
                               drop_empty=True, **label_options)

@@ -19,6 +19,7 @@ def test_inspect_shared_chinese_reviews(cli):
     assert report["encoding"] == "utf-8-sig" and report["format"] == "csv"
     assert report["char_length"]["p100"] > 2000  # reviews run up to about 2,900 characters (data README)
     assert 0.1 < report["tokens"]["truncated_share"] < 0.3
+    assert report["tokens"]["auto_max_length"] == 256  # 18% over 128, fewer than 5% over 256
     assert report["against"]["overlapping_texts"] == 0 and report["duplicate_texts"] == 0
 
 

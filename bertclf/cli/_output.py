@@ -146,7 +146,7 @@ def render_inspection(report: dict[str, Any], *, as_json: bool) -> None:
     if "tokens" in report:
         tokens = report["tokens"]
         lines.append(f"{tokens['truncated']} texts ({tokens['truncated_share']:.1%}) exceed {tokens['max_length']} "
-                     "tokens.")
+                     f"tokens; `train --max-length auto` would use {tokens['auto_max_length']}.")
     lines.append(f"Duplicate texts: {report['duplicate_texts']}; texts with conflicting labels: "
                  f"{report['conflicting_texts']}")
     if "against" in report:
