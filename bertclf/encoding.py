@@ -151,17 +151,11 @@ AUTO_COVERAGE = 0.95
 
 
 def auto_max_length(tokenizer, texts: list[str], pairs: list[str] | None, limit: int) -> int:
-    """The shortest of AUTO_LENGTHS that holds AUTO_COVERAGE of the examples whole ([CLS], [SEP] and a pair's
-    second text counted), the longest if none does; never above `limit` (what the model can take). Batches are
-    padded to their own longest text, so a longer limit costs only where texts are long."""
-    needed = []
-    for start in range(0, len(texts), 1000):
-        a_lengths = [len(ids) + 2 for ids in _token_ids(tokenizer, texts[start : start + 1000])]
-        if pairs is not None:
-            b_lengths = [len(ids) + 1 for ids in _token_ids(tokenizer, pairs[start : start + 1000])]
-            a_lengths = [a + b for a, b in zip(a_lengths, b_lengths, strict=True)]
-        needed.extend(a_lengths)
-    return min(length_covering(needed), limit)
+    """The shortest of AUTO_LENGTHS that holds AUTO_COVERAGE of the examples whole (encoded with no cut, so [CLS],
+    [SEP] and a pair's second text count), the longest if none does; never above `limit` (what the model can take).
+    Batches are padded to their own longest text, so a longer limit costs only where texts are long."""
+    whole = encode(tokenizer, texts, EncodingSpec(max_length=10**9), pairs)
+    return min(length_covering(whole.lengths), limit)
 
 
 def length_covering(lengths: list[int]) -> int:
