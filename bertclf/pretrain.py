@@ -260,7 +260,8 @@ class PretrainingLoop(TrainingLoop):
         from bertclf.mlm import evaluate_masked_lm
 
         run, state = self.run, self.state
-        metrics = evaluate_masked_lm(run.accelerator.unwrap_model(run.model), run.val_encoded, run.accelerator.device)
+        metrics = evaluate_masked_lm(run.accelerator.unwrap_model(run.model), run.val_encoded, run.accelerator.device,
+                                     mask_token_id=run.tokenizer.mask_token_id)
         improved = is_better(metrics["loss"], metrics["loss"], state.best_value, state.best_loss, False)
         if improved:
             state.best_value, state.best_loss, state.best_step = metrics["loss"], metrics["loss"], state.step
@@ -271,7 +272,8 @@ class PretrainingLoop(TrainingLoop):
         if run.is_main:
             console.info(f"step {state.step}/{run.total_steps} (epoch {state.step / run.steps_per_epoch:.2f}): "
                          f"held-out masked-LM loss {metrics['loss']:.4f}, perplexity {metrics['perplexity']:.2f}, "
-                         f"accuracy {metrics['masked_accuracy']:.4f}{'  best' if improved else ''}")
+                         f"accuracy {metrics['masked_accuracy']:.4f} ([MASK] only {metrics['mask_accuracy']:.4f})"
+                         f"{'  best' if improved else ''}")
 
 
 def start_loop(run: TrainingRun, manifest: dict, fingerprint: dict, resumed, masker) -> PretrainingLoop:
@@ -317,6 +319,7 @@ def _model_card(manifest: dict) -> str:
             f"## Corpus\n\n{corpus}\n\n"
             f"## Held-out masked-LM score (best step {manifest['best_step']} of {manifest['steps_done']})\n\n"
             f"loss {validation.get('loss', nan):.4f}, perplexity {validation.get('perplexity', nan):.2f}, "
-            f"masked-token accuracy {validation.get('masked_accuracy', nan):.4f}\n\n"
+            f"masked-token accuracy {validation.get('masked_accuracy', nan):.4f} (tokens replaced by [MASK] only: "
+            f"{validation.get('mask_accuracy', nan):.4f})\n\n"
             f"## Use\n\nFine-tune it as a classifier: `bertclf train --model {manifest['config']['output'] or 'DIR'} "
             f"data.csv`\n")

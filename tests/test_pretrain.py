@@ -49,6 +49,8 @@ def test_pretrain_writes_a_model_directory_with_its_manifest(pretrained, corpus)
     assert json.loads((out / "config.json").read_text())["architectures"] == ["BertForMaskedLM"]
     assert summary["steps"] == 6 and 0 < summary["validation"]["loss"] < 20
     assert summary["validation"]["perplexity"] > 1
+    assert 0 <= summary["validation"]["mask_accuracy"] <= 1
+    assert "[MASK] only" in stderr and "tokens replaced by [MASK] only" in (out / "README.md").read_text()
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if r["type"] == "eval"] == [3, 6]
 
@@ -171,3 +173,25 @@ def test_eval_and_predict_send_a_pretrained_directory_to_train(pretrained, tmp_p
     for args in (("predict", out, "--text", "很好"), ("eval", out, data)):
         code, _, stderr = cli(*args)
         assert code == EXIT_NO_INPUT and "pre-trained model directory" in stderr and "bertclf train --model" in stderr
+
+
+def test_mask_accuracy_leaves_out_the_unchanged_tokens_a_model_can_copy():
+    """A model that copies its input scores the chosen-but-unchanged tokens in masked_accuracy and nothing in
+    mask_accuracy: the second says whether the context was learned (issue 17)."""
+    import torch
+
+    from bertclf.mlm import IGNORE, evaluate_masked_lm
+
+    mask_id, vocab = 4, 10
+
+    class Copier(torch.nn.Module):
+        def forward(self, input_ids, attention_mask, labels):
+            picked = labels != IGNORE
+            return type("Out", (), {"logits": torch.nn.functional.one_hot(input_ids[picked], vocab).float()})
+
+    inputs = torch.tensor([[2, 7, mask_id, 8, mask_id, 6, 3]])
+    labels = torch.tensor([[IGNORE, 7, 5, IGNORE, 9, IGNORE, IGNORE]])  # 7 chosen but left unchanged
+    batch = {"input_ids": inputs, "attention_mask": torch.ones_like(inputs), "labels": labels}
+    scores = evaluate_masked_lm(Copier(), [batch], "cpu", mask_token_id=mask_id)
+    assert scores["masked_tokens"] == 3
+    assert scores["masked_accuracy"] == 1 / 3 and scores["mask_accuracy"] == 0.0
