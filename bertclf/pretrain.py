@@ -151,6 +151,7 @@ def _load_model(config: PretrainConfig, corpus: PretrainCorpus, run_dir: RunDire
     from bertclf.mlm import BertForMaskedLM
     from bertclf.model import load_tokenizer, quiet_transformers
     from bertclf.scratch import build_scratch_vocab, scratch_model_config, scratch_tokenizer
+    from bertclf.scratch_init import scratch_model_for_pretraining
     from bertclf.train import resolve_for_run
 
     quiet_transformers()
@@ -161,7 +162,8 @@ def _load_model(config: PretrainConfig, corpus: PretrainCorpus, run_dir: RunDire
             build_scratch_vocab(corpus.train_texts, output)
         with accelerator.main_process_first():
             tokenizer = scratch_tokenizer(output)
-        model = BertForMaskedLM(scratch_model_config(resolved.scratch_size, tokenizer, config.max_length))
+        scratch_config = scratch_model_config(resolved.scratch_size, tokenizer, config.max_length)
+        model = scratch_model_for_pretraining(scratch_config)  # how it starts and why: scratch_init.py
     else:
         assert resolved.path is not None
         tokenizer = load_tokenizer(resolved.path)
@@ -188,6 +190,7 @@ def build_pretraining(config: PretrainConfig, corpus: PretrainCorpus, run_dir: R
     from bertclf.fast_dropout import use_fast_dropout
     from bertclf.mlm import Masker, PackedDataset, masked_batches, pad_batch
     from bertclf.model import usable_max_length
+    from bertclf.scratch_init import EMBEDDING_LR_SCALE, embedding_parameters
     from bertclf.train import _build_optimizer
 
     output = run_dir.path
@@ -202,7 +205,10 @@ def build_pretraining(config: PretrainConfig, corpus: PretrainCorpus, run_dir: R
     loader = torch.utils.data.DataLoader(PackedDataset(train_packed), batch_size=global_batch, sampler=sampler,
                                          collate_fn=pad_batch(tokenizer.pad_token_id))
     lr = config.lr if config.lr is not None else auto_lr(model, resolved.source)
-    optimizer = _build_optimizer(model, config, lr)
+    if resolved.source == "scratch":  # its embeddings learn slowly (scratch_init.py)
+        optimizer = _build_optimizer(model, config, lr, embedding_parameters(model), EMBEDDING_LR_SCALE)
+    else:
+        optimizer = _build_optimizer(model, config, lr)
     if accelerator.device.type == "cpu":
         use_fast_dropout(model)  # dropout's masks were the largest cost after the matmuls (fast_dropout.py)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)

@@ -464,18 +464,23 @@ def _report_start(config: TrainConfig, data: TrainingData, built: LoadedModel, r
             console.info(f"{share} exceed {built.spec.max_length} tokens and are truncated ({config.truncation}).")
 
 
-def _build_optimizer(model, config: TrainConfig, lr: float):
+def _build_optimizer(model, config: TrainConfig, lr: float, slow: set[int] = frozenset(), slow_scale: float = 1.0):
+    """AdamW; the parameters whose ids are in `slow` learn at `slow_scale` times the rate (pretrain: a scratch
+    model's embeddings, scratch_init.py)."""
     import torch
 
     # No weight decay on biases and LayerNorm weights, as in the original BERT recipe.
-    decay, no_decay = [], []
+    groups: dict[tuple[bool, bool], list] = {}
     for name, param in model.named_parameters():
-        (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(param)
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        decays = not (name.endswith("bias") or "LayerNorm" in name)
+        groups.setdefault((decays, id(param) in slow), []).append(param)
+    param_groups = [{"params": params, "weight_decay": config.weight_decay if decays else 0.0,
+                     "lr": lr * slow_scale if is_slow else lr}
+                    for (decays, is_slow), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))]
     try:  # the fused kernel is about 3x faster per step on CPU (performance.md)
-        return torch.optim.AdamW(groups, lr=lr, fused=True)
+        return torch.optim.AdamW(param_groups, lr=lr, fused=True)
     except (RuntimeError, TypeError):
-        return torch.optim.AdamW(groups, lr=lr)
+        return torch.optim.AdamW(param_groups, lr=lr)
 
 
 def _start_at_label_priors(model, train_targets) -> None:

@@ -46,7 +46,9 @@ def test_pretrain_writes_a_model_directory_with_its_manifest(pretrained, corpus)
     assert files[str(corpus[1])]["texts"] == 40 and files[str(corpus[1])]["sha256"] == _sha(corpus[1])
     assert manifest["texts"]["train"] + manifest["texts"]["validation"] == 340
     assert "1 blank line(s)" in stderr  # left out aloud, never silently
-    assert json.loads((out / "config.json").read_text())["architectures"] == ["BertForMaskedLM"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["BertForMaskedLM"]
+    assert config["tie_word_embeddings"] is False  # a scratch model's output layer is its own (scratch_init.py)
     assert summary["steps"] == 6 and 0 < summary["validation"]["loss"] < 20
     assert summary["validation"]["perplexity"] > 1
     assert 0 <= summary["validation"]["mask_accuracy"] <= 1
