@@ -205,10 +205,8 @@ def build_pretraining(config: PretrainConfig, corpus: PretrainCorpus, run_dir: R
     loader = torch.utils.data.DataLoader(PackedDataset(train_packed), batch_size=global_batch, sampler=sampler,
                                          collate_fn=pad_batch(tokenizer.pad_token_id))
     lr = config.lr if config.lr is not None else auto_lr(model, resolved.source)
-    if resolved.source == "scratch":  # its embeddings learn slowly (scratch_init.py)
-        optimizer = _build_optimizer(model, config, lr, embedding_parameters(model), EMBEDDING_LR_SCALE)
-    else:
-        optimizer = _build_optimizer(model, config, lr)
+    slow = embedding_parameters(model) if resolved.source == "scratch" else set()  # why: scratch_init.py
+    optimizer = _build_optimizer(model, config, lr, slow, EMBEDDING_LR_SCALE)
     if accelerator.device.type == "cpu":
         use_fast_dropout(model)  # dropout's masks were the largest cost after the matmuls (fast_dropout.py)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)

@@ -13,8 +13,8 @@ experiments in the README's "Models without huggingface.co"):
 
 So a scratch model starts with heads that already look at fixed neighbours (`attend_to_neighbours`), its
 embeddings learn at a small fraction of the rate (EMBEDDING_LR_SCALE) and its output layer is a matrix of its
-own (`untied_config`), so that the slowly moving embeddings do not also hold back the output. The saved model is
-a plain BertForMaskedLM; fine-tuning it (train --model DIR) uses the encoder only.
+own (`scratch_model_for_pretraining`), so that the slowly moving embeddings do not also hold back the output.
+The saved model is a plain BertForMaskedLM; fine-tuning it (train --model DIR) uses the encoder only.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def attend_to_neighbours(model) -> None:
 
     Positions get sinusoids p_i = [sin(w i), cos(w i)] in the first head_dim dimensions of the hidden state and
     the words the rest, each at the size of the initialiser; a head's query is its key rotated by its offset o,
-    so query_i . key_j = sum over w of cos(w (i + o - j)), largest at j = i + o (about 80% of the attention at
+    so query_i . key_j = sum over w of cos(w (i + o - j)), largest at j = i + o (about 90% of the attention at
     the start with QUERY_SCALE)."""
     import torch
 
