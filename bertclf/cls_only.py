@@ -19,10 +19,13 @@ from bertclf.fast_dropout import ATTENTION as FAST_DROPOUT_ATTENTION
 
 
 def supports_cls_only(model) -> bool:
+    from bertclf.pooling import pooling_of
+
     config = getattr(model, "config", None)
     bert = getattr(model, "bert", None)
     return (
         config is not None
+        and pooling_of(config) == "cls"  # a mean-pooled classifier reads every position of the last layer
         and bert is not None
         and getattr(bert, "pooler", None) is not None
         and not config.is_decoder

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bertclf.errors import UsageError
+from bertclf.pooling import POOLINGS
 
 # Column names tried, in order, when --text-column / --label-column are not given.
 TEXT_COLUMN_CANDIDATES = ("text", "sentence", "content", "review")
@@ -103,6 +104,9 @@ class TrainConfig:
     truncation: str = "head+tail"
     long_text: str = "truncate"  # or chunks: overlapping windows of max_length, probabilities averaged per text
     stride: int | None = None  # tokens shared by consecutive windows; None: a quarter of max_length
+    # What the classifier reads: cls (BERT's head), mean (all tokens' vectors), auto (mean for a model
+    # pre-trained from scratch by `bertclf pretrain`, whose [CLS] learnt nothing; bertclf.pooling).
+    pooling: str = "auto"
     epochs: float = 3.0
     max_steps: int | None = None  # optimizer steps; overrides --epochs when given
     batch_size: int | None = None  # None ("auto"): 32, smaller for small files, see auto_batch_size
@@ -140,6 +144,7 @@ class TrainConfig:
                f"Choose one of: {', '.join(TRUNCATION_STRATEGIES)}.")
         _check(self.long_text in LONG_TEXT_MODES, "--long-text", self.long_text,
                f"Choose one of: {', '.join(LONG_TEXT_MODES)}.")
+        _check(self.pooling in POOLINGS, "--pooling", self.pooling, f"Choose one of: {', '.join(POOLINGS)}.")
         most = (self.max_length or 8192) // 2
         _check(self.stride is None or 0 <= self.stride <= most, "--stride", self.stride,
                f"Give 0 to {most} tokens (at most half of --max-length).")

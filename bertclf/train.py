@@ -308,6 +308,7 @@ def build_run(config: TrainConfig, data: TrainingData, run_dir: RunDirectory, ac
 
 def _load_model(config: TrainConfig, data: TrainingData, run_dir: RunDirectory, accelerator) -> LoadedModel:
     from bertclf.model import auto_learning_rate, load_for_training, trained_length, usable_max_length
+    from bertclf.pooling import resolve_pooling
 
     is_main, output = accelerator.is_main_process, run_dir.path
     resolved = resolve_for_run(config, data.train_texts, run_dir, accelerator)
@@ -318,7 +319,8 @@ def _load_model(config: TrainConfig, data: TrainingData, run_dir: RunDirectory, 
     with accelerator.main_process_first():
         tokenizer, model = load_for_training(resolved, data.labels, data.train_texts + (data.train_pairs or []),
                                              config.max_length, output, multi_label=config.multi_label,
-                                             vocab_dir=vocab_dir)
+                                             vocab_dir=vocab_dir,
+                                             pooling=resolve_pooling(config.pooling, resolved.source, resolved.path))
     if is_main:
         run_dir.make_ready()  # the model is resolved and loaded: now the run may write
     max_length = (usable_max_length(model, config.max_length) if config.max_length is not None else
@@ -444,6 +446,8 @@ def _compile_training(run: TrainingRun, forward, train_dataset, collate) -> comp
 
 def _report_start(config: TrainConfig, data: TrainingData, built: LoadedModel, run: TrainingRun, manifest: dict,
                   mixed_precision: str) -> None:
+    from bertclf.pooling import pooling_of
+
     accelerator = run.accelerator
     n_params = sum(p.numel() for p in run.model.parameters())
     processes = f" x {accelerator.num_processes} processes" if accelerator.num_processes > 1 else ""
@@ -452,6 +456,7 @@ def _report_start(config: TrainConfig, data: TrainingData, built: LoadedModel, r
         f"{n_params / 1e6:.1f}M parameters; {run.total_steps} steps of {config.batch_size * config.grad_accum}"
         f"{processes} ({manifest['batch_size_source']}); lr {built.lr:g} ({manifest['learning_rate_source']}); "
         f"max length {built.spec.max_length} ({manifest['max_length_source']}); "
+        f"classifier reads {'[CLS]' if pooling_of(run.model.config) == 'cls' else 'the mean of all tokens'}; "
         f"device {accelerator.device}, precision {mixed_precision}")
     for split, encoded in (("train", built.train_encoded), ("validation", built.val_encoded)):
         if not encoded.truncated:

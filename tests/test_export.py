@@ -108,19 +108,20 @@ def test_backend_onnx_without_an_export_names_the_file_and_the_fix(tiny_run, cli
     assert code == 66 and "--check-data" in stderr
 
 
-@pytest.mark.parametrize("task", ["multi_label", "pairs", "chunks"])
+@pytest.mark.parametrize("task", ["multi_label", "pairs", "chunks", "mean_pooling"])
 def test_multi_label_pair_and_window_runs_export_and_predict_alike(task, cli, tiny_model_dir, tmp_path):
     run = tmp_path / "run"
     args = {"multi_label": [EXAMPLES / "en_topics_multilabel.csv", "--multi-label"],
             "pairs": [EXAMPLES / "en_topics_pairs.csv", "--text-column", "text_a", "--text-pair-column", "text_b"],
-            "chunks": [EXAMPLES / "zh_reviews.csv", "--max-length", "16", "--long-text", "chunks", "--stride", "4"]}
+            "chunks": [EXAMPLES / "zh_reviews.csv", "--max-length", "16", "--long-text", "chunks", "--stride", "4"],
+            "mean_pooling": [EXAMPLES / "en_topics.csv", "--pooling", "mean"]}
     code, _, stderr = cli("train", *args[task], "-m", tiny_model_dir, "-o", run, "--max-steps", "4", "--cpu")
     assert code == 0, stderr
     code, stdout, stderr = cli("export", run, "--json", "--check-rows", "64")
     assert code == 0, stderr
     assert json.loads(stdout)["fp32"]["passed"]
     data = {"multi_label": EXAMPLES / "en_topics_test_multilabel.csv", "pairs": EXAMPLES / "en_topics_test_pairs.csv",
-            "chunks": EXAMPLES / "zh_reviews_test.csv"}[task]
+            "chunks": EXAMPLES / "zh_reviews_test.csv", "mean_pooling": EXAMPLES / "en_topics_test.csv"}[task]
     outputs = []
     for backend in ("torch", "onnx"):
         code, stdout, stderr = cli("predict", run, data, "--backend", backend)

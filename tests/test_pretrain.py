@@ -68,6 +68,8 @@ def test_the_pretrained_model_is_fine_tuned_by_train(pretrained, tmp_path, cli):
     assert manifest["model"]["source"] == "local" and manifest["model"]["path"] == str(out.resolve())
     # A model pre-trained from scratch for minutes is fine-tuned at the scratch rate of its size, not at 1e-4.
     assert manifest["learning_rate"] == 1e-3 and manifest["learning_rate_source"] == "auto"
+    # Its [CLS] learnt nothing in masked-LM pre-training: the classifier reads the mean of all tokens (auto).
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["classifier_pooling"] == "mean"
     # The classifier starts from the pre-trained encoder: the token embeddings are the same matrix.
     from safetensors.torch import load_file
 

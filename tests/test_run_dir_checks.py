@@ -108,6 +108,8 @@ CASES = [
     ("config-not-object", _write("config.json", b"[1, 2]"), EXIT_DATA, ["config.json", "JSON object"]),
     ("config-not-utf8", _write("config.json", b'{"a": "\xff"}'), EXIT_DATA, ["config.json", "UTF-8"]),
     ("config-vocab-size", _set("config.json", "vocab_size", "many"), EXIT_DATA, ["config.json", "vocab_size"]),
+    ("config-pooling-bogus", _set("config.json", "classifier_pooling", "max"), EXIT_DATA,
+     ["config.json", "classifier_pooling"]),
     ("config-max-positions", _set("config.json", "max_position_embeddings", 0), EXIT_DATA,
      ["config.json", "max_position_embeddings"]),
     ("manifest-not-object", _write("bertclf.json", b'"run"'), EXIT_DATA, ["bertclf.json", "JSON object"]),

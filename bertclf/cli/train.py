@@ -56,6 +56,10 @@ TruncationOpt = Annotated[str, typer.Option(help="Which tokens of a long text to
 LongTextOpt = Annotated[str, typer.Option(help="truncate (per --truncation), or chunks: split long texts into "
                          "overlapping windows of --max-length and average the windows' probabilities.",
                          rich_help_panel=MODEL_PANEL)]
+PoolingOpt = Annotated[str, typer.Option(help="What the classifier reads: cls (the [CLS] vector, BERT's own head), "
+                       "mean (the mean of all tokens' vectors) or auto (mean for a `bertclf pretrain --model "
+                       "scratch` model, whose [CLS] learnt nothing in pre-training; cls otherwise).",
+                       rich_help_panel=MODEL_PANEL)]
 StrideOpt = Annotated[int | None, typer.Option(help="With --long-text chunks: tokens shared by consecutive "
                       "windows. Default: a quarter of --max-length.", rich_help_panel=MODEL_PANEL)]
 EpochsOpt = Annotated[float, typer.Option(help="Passes over the training data.", rich_help_panel=OPT_PANEL)]
@@ -133,6 +137,7 @@ def train(
     truncation: TruncationOpt = D.truncation,
     long_text: LongTextOpt = D.long_text,
     stride: StrideOpt = None,
+    pooling: PoolingOpt = D.pooling,
     epochs: EpochsOpt = D.epochs,
     max_steps: MaxStepsOpt = None,
     batch_size: TrainBatchSizeOpt = "auto",
@@ -174,7 +179,7 @@ def train(
             text_column=text_column, label_column=label_column, text_pair_column=text_pair_column,
             multi_label=multi_label, label_separator=label_separator, model=model, revision=revision, output=output,
             overwrite=overwrite, max_length=parse_max_length(max_length), truncation=truncation, long_text=long_text,
-            stride=stride, epochs=epochs, max_steps=max_steps,
+            stride=stride, pooling=pooling, epochs=epochs, max_steps=max_steps,
             batch_size=parse_batch_size(batch_size), lr=parse_learning_rate(lr), weight_decay=weight_decay,
             warmup_ratio=warmup_ratio, grad_accum=grad_accum, max_grad_norm=max_grad_norm,
             eval_every=eval_every, early_stopping=early_stopping, metric=metric, seed=seed,
