@@ -3,9 +3,11 @@
 BertForSequenceClassification classifies the last layer's [CLS] vector (through the pooler's dense + tanh).
 That suits models whose pre-training taught [CLS] to summarise the text (BERT's next-sentence task). A model
 from `bertclf pretrain --model scratch` learnt masked-language modelling only, and its heads start on fixed
-neighbours (bertclf.scratch_init), so its [CLS] vector describes the first few characters, not the text: fine-tuned
-through [CLS] it scored below the same model with random weights. The mean of all tokens' vectors (padding left
-out) carries what pre-training did teach, each character in its context, so that is what such models classify.
+neighbours (bertclf.scratch_init), so its [CLS] vector describes the first few characters, not the text. The mean
+of all tokens' vectors (padding left out) carries what pre-training did teach, each character in its context.
+Measured (45-minute `scratch:tiny` pre-training, fine-tuning defaults, seed 42, test accuracy): zh_reviews 0.792
+through [CLS] against 0.803 through the mean (0.821 / 0.829 at lr 3e-4); zh_shopping_cats 0.847 / 0.757 macro-F1
+against 0.863 / 0.776.
 
 The choice is saved in config.json (`classifier_pooling`), so eval, predict, export and serve read a run the
 way it was trained. A plain transformers `BertForSequenceClassification.from_pretrained` ignores the key and

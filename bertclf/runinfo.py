@@ -103,6 +103,13 @@ def complete_manifest(manifest: dict[str, Any], *, metric: str, state, total_sec
     })
 
 
+def _pipeline_use() -> list[str]:
+    return ["```python", "from transformers import pipeline",
+            'classifier = pipeline("text-classification", model="THIS_DIR")', "```", "",
+            "Note: bertclf applies the truncation strategy, windows and thresholds above; `pipeline` keeps the head "
+            "of a text and, for multi-label runs, uses 0.5 for every label.", ""]
+
+
 def model_card(manifest: dict[str, Any], metrics: dict[str, Any]) -> str:
     """A short README.md for the run directory: what the model does, on what data, how well, how to use it."""
     labels = manifest["labels"]
@@ -158,13 +165,9 @@ def model_card(manifest: dict[str, Any], metrics: dict[str, Any]) -> str:
         "bertclf eval THIS_DIR test.csv",
         "```",
         "",
-        "```python",
-        "from transformers import pipeline",
-        'classifier = pipeline("text-classification", model="THIS_DIR")',
-        "```",
-        "",
-        "Note: bertclf applies the truncation strategy, windows and thresholds above; `pipeline` keeps the head "
-        "of a text and, for multi-label runs, uses 0.5 for every label.",
-        "",
+        *(_pipeline_use() if manifest.get("pooling", "cls") == "cls" else [
+            "The classifier reads the mean of all tokens' vectors (`classifier_pooling: mean` in config.json), "
+            "which transformers' own classes ignore: `pipeline` would read [CLS] and give other labels. Use "
+            "bertclf, or `bertclf export THIS_DIR` for an ONNX model that runs anywhere.", ""]),
     ]
     return "\n".join(lines)

@@ -289,6 +289,8 @@ def build_run(config: TrainConfig, data: TrainingData, run_dir: RunDirectory, ac
     manifest (written to the run directory, with the tokenizer)."""
     import torch
 
+    from bertclf.pooling import pooling_of
+
     output = run_dir.path
     built = _load_model(config, data, run_dir, accelerator)
     run, compiled = _build_loop_parts(config, data, built, output, accelerator)
@@ -299,6 +301,7 @@ def build_run(config: TrainConfig, data: TrainingData, run_dir: RunDirectory, ac
         loss_weights=data.loss_weights, steps={"total": run.total_steps, "per_epoch": run.steps_per_epoch})
     manifest["compile"] = compiled.to_dict()
     manifest["batch_size_source"] = batch_size_source
+    manifest["pooling"] = pooling_of(built.model.config)  # also in config.json; the model card reads it here
     if run.is_main:
         if not config.resume:  # a resumed run keeps the tokenizer files it started with, untouched
             built.tokenizer.save_pretrained(str(output))

@@ -62,6 +62,9 @@ def test_a_mean_pooled_run_is_read_back_the_way_it_was_trained(tiny_model_dir, t
     assert code == 0, stderr
     assert "classifier reads the mean of all tokens" in " ".join(stderr.split())
     assert json.loads((run / "config.json").read_text())["classifier_pooling"] == "mean"
+    assert json.loads((run / "bertclf.json").read_text())["pooling"] == "mean"
+    card = (run / "README.md").read_text()
+    assert "pipeline(" not in card and "classifier_pooling: mean" in card  # transformers alone would read [CLS]
     from bertclf.model import load_run_model
 
     model = load_run_model(run)
