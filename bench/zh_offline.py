@@ -26,7 +26,7 @@ DATA = ROOT.parent / "shared" / "data"
 UNLABELLED = DATA / "zh_unlabelled" / "shopping_reviews.txt"
 BERTCLF = str(Path(sys.executable).with_name("bertclf"))
 # Pre-training settings measured for the README (45 minutes on 2 cores at one thread per task, both tasks at once).
-PRETRAIN_ARGS = ["--model", "scratch:tiny", "--max-length", "256", "--max-steps", "3000", "--eval-every", "300"]
+PRETRAIN_ARGS = ["--model", "scratch:tiny", "--max-length", "256", "--max-steps", "3000", "--eval-every", "500"]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from runner import child_env, run  # noqa: E402
