@@ -31,10 +31,10 @@ FORMAT_VERSION = 1
 FINGERPRINT_FIELDS = ("model", "max_length", "truncation", "batch_size", "lr", "weight_decay", "warmup_ratio",
                       "grad_accum", "max_grad_norm", "seed", "validation_split", "text_column", "label_column",
                       "metric", "mixed_precision", "class_weights", "text_pair_column", "multi_label",
-                      "label_separator", "long_text", "stride")
+                      "label_separator", "long_text", "stride", "pooling")
 # Fields added after the first release: a checkpoint written before holds the settings they default to.
 ADDED_FIELD_DEFAULTS = {"text_pair_column": None, "multi_label": False, "label_separator": ",",
-                        "long_text": "truncate", "stride": None}
+                        "long_text": "truncate", "stride": None, "pooling": "auto"}
 
 
 def _fsync_dir(path: Path) -> None:

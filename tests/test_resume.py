@@ -85,6 +85,8 @@ def test_resume_with_changed_settings_or_data_is_refused(uninterrupted, tmp_path
     args = ["-m", tiny_model_dir, "-o", out, *BASE, "--resume", "latest"]
     code, _, stderr = cli("train", EXAMPLES / "en_topics.csv", *args, "--lr", "1e-3")
     assert code == EXIT_USAGE and "lr" in stderr
+    code, _, stderr = cli("train", EXAMPLES / "en_topics.csv", *args, "--pooling", "mean")
+    assert code == EXIT_USAGE and "pooling" in stderr  # the same weights read another way: not a resume
     other = write_csv(tmp_path / "other.csv", [("sunny day", "weather"), ("goal", "sports")] * 20)
     code, _, stderr = cli("train", other, *args)
     assert code == EXIT_USAGE and "data" in stderr
