@@ -449,8 +449,6 @@ def _compile_training(run: TrainingRun, forward, train_dataset, collate) -> comp
 
 def _report_start(config: TrainConfig, data: TrainingData, built: LoadedModel, run: TrainingRun, manifest: dict,
                   mixed_precision: str) -> None:
-    from bertclf.pooling import pooling_of
-
     accelerator = run.accelerator
     n_params = sum(p.numel() for p in run.model.parameters())
     processes = f" x {accelerator.num_processes} processes" if accelerator.num_processes > 1 else ""
@@ -459,7 +457,7 @@ def _report_start(config: TrainConfig, data: TrainingData, built: LoadedModel, r
         f"{n_params / 1e6:.1f}M parameters; {run.total_steps} steps of {config.batch_size * config.grad_accum}"
         f"{processes} ({manifest['batch_size_source']}); lr {built.lr:g} ({manifest['learning_rate_source']}); "
         f"max length {built.spec.max_length} ({manifest['max_length_source']}); "
-        f"classifier reads {'[CLS]' if pooling_of(run.model.config) == 'cls' else 'the mean of all tokens'}; "
+        f"classifier reads {'[CLS]' if manifest['pooling'] == 'cls' else 'the mean of all tokens'}; "
         f"device {accelerator.device}, precision {mixed_precision}")
     for split, encoded in (("train", built.train_encoded), ("validation", built.val_encoded)):
         if not encoded.truncated:
