@@ -17,6 +17,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from bertclf.bigrams import CONFIG_KEY as BIGRAMS_KEY
+from bertclf.bigrams import TENSOR_NAME as BIGRAMS_TENSOR
+from bertclf.bigrams import buckets_of
 from bertclf.errors import DataError, InputMissingError, ModelUnavailableError, UsageError
 from bertclf.hub import MINILM_INSTALL, TOKENIZER_FILES, parse_modelscope_name
 from bertclf.pooling import CONFIG_KEY as POOLING_KEY
@@ -202,6 +205,7 @@ def load_for_training(resolved: ResolvedModel, labels: list[str], train_texts: l
             "label2id": {label: i for i, label in enumerate(labels)},
             "problem_type": "multi_label_classification" if multi_label else "single_label_classification"}
     if resolved.source == "scratch":
+        from bertclf.bigrams import auto_bigram_buckets
         from bertclf.scratch import build_scratch_vocab, scratch_model_config, scratch_tokenizer
 
         if vocab_dir is not None and _has_tokenizer(Path(vocab_dir)):
@@ -209,7 +213,8 @@ def load_for_training(resolved: ResolvedModel, labels: list[str], train_texts: l
         else:
             build_scratch_vocab(train_texts, workdir)
             tokenizer = scratch_tokenizer(workdir)
-        config = scratch_model_config(resolved.scratch_size, tokenizer, max_length or 512)
+        config = scratch_model_config(resolved.scratch_size, tokenizer, max_length or 512,
+                                      bigram_buckets=auto_bigram_buckets(train_texts))
         for key, value in head.items():
             setattr(config, key, value)
         set_pooling(config, pooling)
@@ -404,6 +409,8 @@ def _check_config(run_dir: Path, labels: list[str] | None = None) -> dict:
                         hint=DAMAGED_HINT)
     if config.get(POOLING_KEY, "cls") not in SAVED_POOLINGS:
         raise _field_error(path, POOLING_KEY, " or ".join(map(repr, SAVED_POOLINGS)), config.get(POOLING_KEY))
+    if BIGRAMS_KEY in config and not buckets_of(config):
+        raise _field_error(path, BIGRAMS_KEY, "a positive integer", config.get(BIGRAMS_KEY))
     ordered = [id2label[str(i)] for i in range(len(id2label))]
     label2id = config.get("label2id")
     if label2id is not None and label2id != {label: i for i, label in enumerate(ordered)}:
@@ -447,20 +454,25 @@ def _check_weights(run_dir: Path, config: dict) -> None:
         with safe_open(str(path), framework="pt") as weights:
             keys = set(weights.keys())
             shapes = {key: list(weights.get_slice(key).get_shape())
-                      for key in (EMBEDDINGS_KEY, *CLASSIFIER_KEYS) if key in keys}
+                      for key in (EMBEDDINGS_KEY, BIGRAMS_TENSOR, *CLASSIFIER_KEYS) if key in keys}
     except (SafetensorError, OSError) as exc:
         raise DataError(f"{path}: not a complete safetensors file ({exc}); it is empty, truncated or damaged.",
                         hint=DAMAGED_HINT) from None
     hidden, labels = config["hidden_size"], len(config["id2label"])
     expected = {EMBEDDINGS_KEY: [config["vocab_size"], hidden], "classifier.weight": [labels, hidden],
                 "classifier.bias": [labels]}
+    if buckets_of(config):
+        expected[BIGRAMS_TENSOR] = [buckets_of(config), hidden]
+    elif BIGRAMS_TENSOR in shapes:  # from_pretrained would drop the table without a word
+        raise DataError(f"{path}: holds a bigram table ({BIGRAMS_TENSOR!r}), but config.json has no field "
+                        f"{BIGRAMS_KEY!r}, so the model would be read without it.", hint=DAMAGED_HINT)
     for key, shape in expected.items():
         if key not in shapes:
             raise DataError(f"{path}: no tensor {key!r}; these weights are not a saved classifier.",
                             hint=DAMAGED_HINT)
         if shapes[key] != shape:
             raise DataError(f"{path}: tensor {key!r} has shape {shapes[key]}, but config.json (vocab_size, "
-                            f"hidden_size, id2label) says {shape}.", hint=DAMAGED_HINT)
+                            f"hidden_size, id2label, {BIGRAMS_KEY}) says {shape}.", hint=DAMAGED_HINT)
 
 
 def check_run_dir(run_dir: Path) -> dict:

@@ -49,12 +49,17 @@ def set_pooling(config, pooling: str) -> None:
 
 
 def classifier_class(config):
-    """The transformers class that classifies the way `config` says."""
-    if pooling_of(config) == "mean":
-        return _mean_pooled_class()
-    from transformers import BertForSequenceClassification
+    """The transformers class that classifies the way `config` says: its pooling, and a bigram table in its
+    embeddings where it names one (bertclf.bigrams)."""
+    from bertclf.bigrams import buckets_of, with_bigrams
 
-    return BertForSequenceClassification
+    if pooling_of(config) == "mean":
+        base = _mean_pooled_class()
+    else:
+        from transformers import BertForSequenceClassification
+
+        base = BertForSequenceClassification
+    return with_bigrams(base) if buckets_of(config) else base
 
 
 @functools.cache

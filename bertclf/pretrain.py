@@ -148,6 +148,7 @@ def auto_lr(model, source: str) -> float:
 def _load_model(config: PretrainConfig, corpus: PretrainCorpus, run_dir: RunDirectory, accelerator):
     """(resolved model, tokenizer, masked-LM model). A scratch vocabulary is built once, by the main process,
     into the model directory; other ranks and resumed runs load that one (as train does)."""
+    from bertclf.bigrams import auto_bigram_buckets, with_bigrams
     from bertclf.mlm import BertForMaskedLM
     from bertclf.model import load_tokenizer, quiet_transformers
     from bertclf.scratch import build_scratch_vocab, scratch_model_config, scratch_tokenizer
@@ -162,12 +163,14 @@ def _load_model(config: PretrainConfig, corpus: PretrainCorpus, run_dir: RunDire
             build_scratch_vocab(corpus.train_texts, output)
         with accelerator.main_process_first():
             tokenizer = scratch_tokenizer(output)
-        scratch_config = scratch_model_config(resolved.scratch_size, tokenizer, config.max_length)
+        scratch_config = scratch_model_config(resolved.scratch_size, tokenizer, config.max_length,
+                                              bigram_buckets=auto_bigram_buckets(corpus.train_texts))
         model = scratch_model_for_pretraining(scratch_config)  # how it starts and why: scratch_init.py
     else:
         assert resolved.path is not None
         tokenizer = load_tokenizer(resolved.path)
-        model = BertForMaskedLM.from_pretrained(str(resolved.path), use_safetensors=True, local_files_only=True)
+        model = with_bigrams(BertForMaskedLM).from_pretrained(str(resolved.path), use_safetensors=True,
+                                                              local_files_only=True)
     if is_main:
         run_dir.make_ready()
     return resolved, tokenizer, model

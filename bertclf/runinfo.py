@@ -110,6 +110,20 @@ def _pipeline_use() -> list[str]:
             "of a text and, for multi-label runs, uses 0.5 for every label.", ""]
 
 
+def _transformers_use(manifest: dict[str, Any]) -> list[str]:
+    """How to run the model with transformers alone: `pipeline`, unless the model is one transformers' own
+    classes would read differently (mean pooling, a bigram table)."""
+    unknown = []
+    if manifest.get("pooling", "cls") != "cls":
+        unknown.append("reads the mean of all tokens' vectors (`classifier_pooling: mean` in config.json)")
+    if manifest.get("bigram_buckets"):
+        unknown.append("adds a table of token-pair vectors to its embeddings (`bigram_buckets` in config.json)")
+    if not unknown:
+        return _pipeline_use()
+    return [f"The model {' and '.join(unknown)}, which transformers' own classes ignore: `pipeline` would give "
+            "other labels. Use bertclf, or `bertclf export THIS_DIR` for an ONNX model that runs anywhere.", ""]
+
+
 def model_card(manifest: dict[str, Any], metrics: dict[str, Any]) -> str:
     """A short README.md for the run directory: what the model does, on what data, how well, how to use it."""
     labels = manifest["labels"]
@@ -165,9 +179,6 @@ def model_card(manifest: dict[str, Any], metrics: dict[str, Any]) -> str:
         "bertclf eval THIS_DIR test.csv",
         "```",
         "",
-        *(_pipeline_use() if manifest.get("pooling", "cls") == "cls" else [
-            "The classifier reads the mean of all tokens' vectors (`classifier_pooling: mean` in config.json), "
-            "which transformers' own classes ignore: `pipeline` would read [CLS] and give other labels. Use "
-            "bertclf, or `bertclf export THIS_DIR` for an ONNX model that runs anywhere.", ""]),
+        *_transformers_use(manifest),
     ]
     return "\n".join(lines)

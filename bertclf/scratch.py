@@ -186,12 +186,15 @@ def scratch_tokenizer(directory: Path):
                          tokenize_chinese_chars=True)
 
 
-def scratch_model_config(size: str, tokenizer, max_length: int):
-    """An untrained BERT's config of the given size for the tokenizer's vocabulary."""
+def scratch_model_config(size: str, tokenizer, max_length: int, bigram_buckets: int = 0):
+    """An untrained BERT's config of the given size for the tokenizer's vocabulary; with `bigram_buckets`, its
+    embeddings add a hashed table of token pairs (bertclf.bigrams)."""
     from transformers import BertConfig
 
+    from bertclf.bigrams import CONFIG_KEY as BIGRAMS_KEY
+
     layers, hidden, heads = SCRATCH_SIZES[size]
-    return BertConfig(
+    config = BertConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
         num_hidden_layers=layers,
@@ -200,6 +203,9 @@ def scratch_model_config(size: str, tokenizer, max_length: int):
         max_position_embeddings=max(512, max_length),
         pad_token_id=tokenizer.pad_token_id,
     )
+    if bigram_buckets:
+        setattr(config, BIGRAMS_KEY, bigram_buckets)
+    return config
 
 
 def build_scratch(size: str, texts: list[str], max_length: int, workdir: Path):

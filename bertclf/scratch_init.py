@@ -33,11 +33,18 @@ QUERY_SCALE = 2.0
 
 
 def scratch_model_for_pretraining(config):
-    """A masked-LM BERT of `config` that starts as this module says: its own output layer, heads on neighbours."""
+    """A masked-LM BERT of `config` that starts as this module says: its own output layer, heads on neighbours,
+    and a bigram table (if the config names one) of zeros, so the start is the plain character model's."""
+    import torch
+
+    from bertclf.bigrams import with_bigrams
     from bertclf.mlm import BertForMaskedLM
 
     config.tie_word_embeddings = False
-    model = BertForMaskedLM(config)
+    model = with_bigrams(BertForMaskedLM)(config)
+    bigrams = getattr(model.bert.embeddings, "bigram_embeddings", None)
+    if bigrams is not None:
+        torch.nn.init.zeros_(bigrams.weight)
     # Untied, transformers' output layer adds decoder.bias and leaves predictions.bias unused (saved, never
     # trained); frozen, so that DistributedDataParallel does not wait for its gradient.
     model.cls.predictions.bias.requires_grad_(False)
@@ -104,5 +111,9 @@ def _rotation(freqs, offset: int):
 
 
 def embedding_parameters(model) -> set[int]:
-    """ids of the embedding tables' parameters (the optimizer gives them EMBEDDING_LR_SCALE of the rate)."""
-    return {id(p) for p in model.bert.embeddings.parameters()}
+    """ids of the embedding tables' parameters (the optimizer gives them EMBEDDING_LR_SCALE of the rate). The
+    bigram table (bertclf.bigrams) is not among them: it starts at zero and holds no attention pattern to keep."""
+    embeddings = model.bert.embeddings
+    bigrams = getattr(embeddings, "bigram_embeddings", None)
+    skipped = {id(bigrams.weight)} if bigrams is not None else set()
+    return {id(p) for p in embeddings.parameters()} - skipped

@@ -289,6 +289,7 @@ def build_run(config: TrainConfig, data: TrainingData, run_dir: RunDirectory, ac
     manifest (written to the run directory, with the tokenizer)."""
     import torch
 
+    from bertclf.bigrams import buckets_of
     from bertclf.pooling import pooling_of
 
     output = run_dir.path
@@ -301,7 +302,9 @@ def build_run(config: TrainConfig, data: TrainingData, run_dir: RunDirectory, ac
         loss_weights=data.loss_weights, steps={"total": run.total_steps, "per_epoch": run.steps_per_epoch})
     manifest["compile"] = compiled.to_dict()
     manifest["batch_size_source"] = batch_size_source
-    manifest["pooling"] = pooling_of(built.model.config)  # also in config.json; the model card reads it here
+    # Both also in config.json; the start line and the model card read them here.
+    manifest["pooling"] = pooling_of(built.model.config)
+    manifest["bigram_buckets"] = buckets_of(built.model.config)
     if run.is_main:
         if not config.resume:  # a resumed run keeps the tokenizer files it started with, untouched
             built.tokenizer.save_pretrained(str(output))
@@ -458,6 +461,7 @@ def _report_start(config: TrainConfig, data: TrainingData, built: LoadedModel, r
         f"{processes} ({manifest['batch_size_source']}); lr {built.lr:g} ({manifest['learning_rate_source']}); "
         f"max length {built.spec.max_length} ({manifest['max_length_source']}); "
         f"classifier reads {'[CLS]' if manifest['pooling'] == 'cls' else 'the mean of all tokens'}; "
+        f"{'character-bigram embeddings; ' if manifest['bigram_buckets'] else ''}"
         f"device {accelerator.device}, precision {mixed_precision}")
     for split, encoded in (("train", built.train_encoded), ("validation", built.val_encoded)):
         if not encoded.truncated:

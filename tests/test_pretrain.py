@@ -70,6 +70,9 @@ def test_the_pretrained_model_is_fine_tuned_by_train(pretrained, tmp_path, cli):
     assert manifest["learning_rate"] == 1e-3 and manifest["learning_rate_source"] == "auto"
     # Its [CLS] learnt nothing in masked-LM pre-training: the classifier reads the mean of all tokens (auto).
     assert json.loads((tmp_path / "run" / "config.json").read_text())["classifier_pooling"] == "mean"
+    # A Chinese corpus gives the model a bigram table (bertclf.bigrams): pre-trained, and carried into the run.
+    assert json.loads((out / "config.json").read_text())["bigram_buckets"] == 50_000
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["bigram_buckets"] == 50_000
     # The classifier starts from the pre-trained encoder: the token embeddings are the same matrix.
     from safetensors.torch import load_file
 
@@ -79,6 +82,8 @@ def test_the_pretrained_model_is_fine_tuned_by_train(pretrained, tmp_path, cli):
     vocab = load_tokenizer(out).get_vocab()
     assert load_tokenizer(tmp_path / "run").get_vocab() == vocab  # the run keeps the pre-trained vocabulary
     assert before.shape[0] == len(vocab)
+    # The table starts at zero and learns at the full rate (scratch_init.embedding_parameters leaves it out).
+    assert load_file(out / "model.safetensors")["bert.embeddings.bigram_embeddings.weight"].abs().max() > 0
 
 
 def test_same_corpus_and_seed_give_the_same_bytes(pretrained, corpus, tmp_path, cli):

@@ -1,0 +1,113 @@
+"""Character-bigram embeddings for scratch models of Chinese text.
+
+A scratch vocabulary splits Chinese into single characters, and a small model trained for minutes learns little
+of which characters go together: on zh_reviews TF-IDF on single characters reaches 0.807, on character bigrams
+0.868, and a scratch BERT sits near the first. Here each position's input vector also gets a learnt vector for
+the pair (this token, the next token), looked up in a hashed table (fastText's n-gram buckets), so the model
+starts with the bigram features a linear model relies on and its layers learn the rest.
+
+Measured (`train --model scratch:tiny`, no pre-training, 3 epochs, test splits, seeds 42; 7): zh_shopping_cats
+accuracy / macro-F1 0.854 / 0.767; 0.861 / 0.797 with bigrams against 0.837 / 0.743; 0.825 / 0.696 without;
+zh_reviews 0.837; 0.831 against 0.830; 0.835 (level).
+
+The table size is saved in config.json (`bigram_buckets`), so train (from a `pretrain` directory too), eval,
+predict, export and serve build the same model. A plain transformers `from_pretrained` ignores the key and the
+table: load such a run through bertclf, or use its ONNX export.
+"""
+
+from __future__ import annotations
+
+import functools
+
+CONFIG_KEY = "bigram_buckets"
+TENSOR_NAME = "bert.embeddings.bigram_embeddings.weight"
+DEFAULT_BUCKETS = 50_000  # 6.4M numbers at hidden 128; zh_reviews' training texts hold ~120k distinct bigrams
+# A prime above any scratch vocabulary's size: before the modulo, (a, b) -> a * MULTIPLIER + b is one-to-one.
+MULTIPLIER = 1_000_003
+
+
+def buckets_of(config) -> int:
+    """The bigram table's size from a model config (object or config.json's dict); 0: no bigram table."""
+    value = config.get(CONFIG_KEY) if isinstance(config, dict) else getattr(config, CONFIG_KEY, None)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def auto_bigram_buckets(texts: list[str]) -> int:
+    """The table size for a scratch model of these texts: DEFAULT_BUCKETS for mostly-Chinese text (where
+    single-character tokens leave the pairs unlearnt), 0 otherwise (English WordPiece tokens are words already,
+    and bigrams were not measured there)."""
+    from bertclf.data import cjk_share
+    from bertclf.model import CJK_THRESHOLD
+
+    return DEFAULT_BUCKETS if cjk_share(texts) >= CJK_THRESHOLD else 0
+
+
+def bigram_ids(input_ids, buckets: int, pad_id: int):
+    """Each position's bucket for (its token, the next token); the last position pairs with padding, so a text
+    gets the same buckets whether or not its batch pads it."""
+    import torch.nn.functional as F
+
+    following = F.pad(input_ids[:, 1:], (0, 1), value=pad_id)
+    return (input_ids * MULTIPLIER + following) % buckets
+
+
+def with_bigrams(model_class):
+    """`model_class` (a transformers BERT model with a `.bert` encoder) whose embeddings add the bigram table
+    when its config names one; the class itself otherwise."""
+    return _with_bigrams(model_class)
+
+
+@functools.cache
+def _with_bigrams(model_class):
+    # Built on first use: importing torch and transformers at module level would slow every command's start.
+    from contextlib import contextmanager
+
+    from transformers.models.bert import modeling_bert
+
+    @contextmanager
+    def bigram_embeddings_built():
+        plain = modeling_bert.BertEmbeddings
+        modeling_bert.BertEmbeddings = _embeddings_class()
+        try:
+            yield
+        finally:
+            modeling_bert.BertEmbeddings = plain
+
+    class WithBigrams(model_class):
+        def __init__(self, config, *args, **kwargs):
+            if not buckets_of(config):
+                super().__init__(config, *args, **kwargs)
+                return
+            # BertModel builds its embeddings from modeling_bert's global BertEmbeddings: swapped for the bigram
+            # class while this model is built, so the table is made inside BertModel and initialised by
+            # post_init with every other weight (and handled like them by from_pretrained), not bolted on after.
+            with bigram_embeddings_built():
+                super().__init__(config, *args, **kwargs)
+
+    # Named like the parent, so config.json's "architectures" stays a class transformers knows.
+    WithBigrams.__name__ = WithBigrams.__qualname__ = model_class.__name__
+    return WithBigrams
+
+
+@functools.cache
+def _embeddings_class():
+    from torch import nn
+    from transformers.models.bert.modeling_bert import BertEmbeddings
+
+    class BigramBertEmbeddings(BertEmbeddings):
+        """BertEmbeddings whose token vectors are word embedding + bigram embedding."""
+
+        def __init__(self, config):
+            super().__init__(config)
+            self.bigram_buckets = buckets_of(config)
+            self.bigram_pad_id = int(config.pad_token_id or 0)
+            self.bigram_embeddings = nn.Embedding(self.bigram_buckets, config.hidden_size)
+
+        def forward(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None, **kwargs):
+            if input_ids is not None and inputs_embeds is None:
+                buckets = bigram_ids(input_ids, self.bigram_buckets, self.bigram_pad_id)
+                inputs_embeds = self.word_embeddings(input_ids) + self.bigram_embeddings(buckets)
+            return super().forward(input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids,
+                                   inputs_embeds=inputs_embeds, **kwargs)
+
+    return BigramBertEmbeddings
