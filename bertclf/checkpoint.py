@@ -176,7 +176,14 @@ def load_training_state(checkpoint: Checkpoint, model, optimizer, scheduler) -> 
     import torch
     from safetensors.torch import load_file
 
-    model.load_state_dict(load_file(str(checkpoint.path / MODEL_FILE)))
+    try:
+        model.load_state_dict(load_file(str(checkpoint.path / MODEL_FILE)))
+    except RuntimeError as exc:  # missing or unexpected tensors, other shapes
+        first = str(exc).strip().splitlines()[:2]
+        raise UsageError(f"--resume {checkpoint.path}: its weights do not fit the model built now "
+                         f"({' '.join(first)[:300]}); it was written by another bertclf version or another model.",
+                         hint="Resume with the bertclf release that wrote it, or train again without --resume."
+                         ) from None
     saved = torch.load(checkpoint.path / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])

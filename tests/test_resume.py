@@ -201,10 +201,11 @@ def test_non_finite_loss_stops_with_exit_4_and_keeps_the_last_good_checkpoint(tm
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
-def test_resumed_scratch_run_reuses_its_saved_vocabulary_and_ends_bitwise_equal(tmp_path, cli, monkeypatch):
+@pytest.mark.parametrize("data", ["en_topics.csv", "zh_reviews.csv"])  # zh: with its bigram table (bigrams.py)
+def test_resumed_scratch_run_reuses_its_saved_vocabulary_and_ends_bitwise_equal(data, tmp_path, cli, monkeypatch):
     import bertclf.scratch
 
-    args = ["train", EXAMPLES / "en_topics.csv", "-m", "scratch:tiny", "--max-steps", "12", "--save-every", "4",
+    args = ["train", EXAMPLES / data, "-m", "scratch:tiny", "--max-steps", "12", "--save-every", "4",
             "--eval-every", "4", "--keep", "5", "--cpu"]
     full, out = tmp_path / "full", tmp_path / "run"
     code, _, stderr = cli(*args, "-o", full)
@@ -240,3 +241,27 @@ def test_resume_of_a_scratch_run_without_its_vocabulary_is_refused(tmp_path, cli
     code, _, stderr = cli(*args, "--resume", "latest")
     assert code == EXIT_NO_INPUT and str(out) in stderr and "vocab.txt" in stderr
     assert sorted(p.name for p in out.iterdir()) == listing  # no vocabulary was built in its place
+
+
+def test_resume_from_weights_that_do_not_fit_the_model_is_refused(tmp_path, cli, monkeypatch):
+    """A checkpoint of a Chinese scratch run written before bigram tables (simulated: the table taken out of its
+    weights) cannot be resumed into today's model: refused with a usage error naming --resume, no traceback."""
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path / "run"
+    args = ["train", EXAMPLES / "zh_reviews.csv", "-m", "scratch:tiny", "--max-steps", "6", "--save-every", "3",
+            "--cpu", "-o", out]
+    monkeypatch.setenv("BERTCLF_STOP_AFTER_STEP", "3")
+    assert cli(*args)[0] == EXIT_SIGTERM
+    monkeypatch.delenv("BERTCLF_STOP_AFTER_STEP")
+    weights = out / "checkpoints" / "step-3" / "model.safetensors"
+    tensors = load_file(weights)
+    del tensors["bert.embeddings.bigram_embeddings.weight"]
+    save_file(tensors, weights)
+    state_file = weights.parent / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    state["sha256"]["model.safetensors"] = _sha(weights)  # a consistent checkpoint, only of another model
+    state_file.write_text(json.dumps(state))
+    code, _, stderr = cli(*args, "--resume", "latest")
+    assert code == EXIT_USAGE and "--resume" in stderr and "do not fit" in stderr
+    assert "Traceback" not in stderr
