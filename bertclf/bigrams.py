@@ -21,6 +21,7 @@ table: load such a run through bertclf, or use its ONNX export.
 from __future__ import annotations
 
 import functools
+from contextlib import contextmanager
 
 CONFIG_KEY = "bigram_buckets"
 TENSOR_NAME = "bert.embeddings.bigram_embeddings.weight"
@@ -57,27 +58,11 @@ def bigram_ids(input_ids, buckets: int, pad_id: int):
     return (input_ids * MULTIPLIER + following) % buckets
 
 
+@functools.cache
 def with_bigrams(model_class):
     """`model_class` (a transformers BERT model with a `.bert` encoder) whose embeddings add the bigram table
-    when its config names one; the class itself otherwise."""
-    return _with_bigrams(model_class)
-
-
-@functools.cache
-def _with_bigrams(model_class):
-    # Built on first use: importing torch and transformers at module level would slow every command's start.
-    from contextlib import contextmanager
-
-    from transformers.models.bert import modeling_bert
-
-    @contextmanager
-    def bigram_embeddings_built():
-        plain = modeling_bert.BertEmbeddings
-        modeling_bert.BertEmbeddings = _embeddings_class()
-        try:
-            yield
-        finally:
-            modeling_bert.BertEmbeddings = plain
+    when its config names one; built on first use (importing transformers at module level would slow every
+    command's start), one class per parent."""
 
     class WithBigrams(model_class):
         def __init__(self, config, *args, **kwargs):
@@ -87,12 +72,24 @@ def _with_bigrams(model_class):
             # BertModel builds its embeddings from modeling_bert's global BertEmbeddings: swapped for the bigram
             # class while this model is built, so the table is made inside BertModel and initialised by
             # post_init with every other weight (and handled like them by from_pretrained), not bolted on after.
-            with bigram_embeddings_built():
+            with _bigram_embeddings_built():
                 super().__init__(config, *args, **kwargs)
 
     # Named like the parent, so config.json's "architectures" stays a class transformers knows.
     WithBigrams.__name__ = WithBigrams.__qualname__ = model_class.__name__
     return WithBigrams
+
+
+@contextmanager
+def _bigram_embeddings_built():
+    from transformers.models.bert import modeling_bert
+
+    plain = modeling_bert.BertEmbeddings
+    modeling_bert.BertEmbeddings = _embeddings_class()
+    try:
+        yield
+    finally:
+        modeling_bert.BertEmbeddings = plain
 
 
 @functools.cache
