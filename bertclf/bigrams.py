@@ -13,9 +13,9 @@ minutes by `bertclf pretrain`, zh_shopping_cats 0.859 / 0.839; 0.871 / 0.823 aga
 zh_reviews 0.833; 0.849 against 0.808; 0.808. Pre-training also goes further in the same steps: held-out
 masked-LM loss 3.32 against 3.56, `[MASK]` accuracy 0.398 against 0.342 (zh_reviews corpus, 3,000 steps).
 
-The table size is saved in config.json (`bigram_buckets`), so train (from a `pretrain` directory too), eval,
-predict, export and serve build the same model. A plain transformers `from_pretrained` ignores the key and the
-table: load such a run through bertclf, or use its ONNX export.
+The table size and the bucket hash are saved in config.json (`bigram_buckets`, `bigram_hash`), so train (from
+a `pretrain` directory too), eval, predict, export and serve build the same model. A plain transformers
+`from_pretrained` ignores the keys and the table: load such a run through bertclf, or use its ONNX export.
 """
 
 from __future__ import annotations
@@ -29,14 +29,34 @@ TENSOR_NAME = "bert.embeddings.bigram_embeddings.weight"
 # pairs, 62% of them seen once (zh_reviews); pairs seen 5 times or more make 71% of its tokens. Rare pairs share
 # rows; a frequent pair shares its row mostly with rare ones.
 DEFAULT_BUCKETS = 50_000
-# A prime above any scratch vocabulary's size: before the modulo, (a, b) -> a * MULTIPLIER + b is one-to-one.
+# A prime above any scratch vocabulary's size: (a, b) -> a * MULTIPLIER + b is one-to-one (the pair's index).
 MULTIPLIER = 1_000_003
+# How the pair's index becomes a row, saved in config.json. Version 2: the index mixed by two rounds of
+# xor-shift and multiplication modulo the prime 2^31 - 1 (MurmurHash3's finaliser, in 31 bits so no product leaves
+# int64 and the ONNX graph needs only Mul, Div, Mod and BitwiseXor), then modulo the table size. Version 1, the
+# first release (a config with a table but no `bigram_hash`, still read as it was trained), took the index modulo
+# the table size: MULTIPLIER is 3 modulo 50,000, so (a, b) landed in row (3a + b) mod 50,000, and zh_reviews'
+# 102k training pairs (a 7,557-token vocabulary) used 18,812 of the 50,000 rows; a larger table used the same
+# rows. Version 2 uses 43,538 (a random assignment: 43,548), and a plain multiplicative hash of the index fails on
+# grids of frequent tokens (tests/test_bigrams.py).
+HASH_KEY = "bigram_hash"
+HASH_VERSION = 2
+LEGACY_HASH_VERSION = 1
+HASH_PRIME = 2_147_483_647  # 2^31 - 1: a value below it times a multiplier below it stays inside int64
+HASH_MULTIPLIERS = (1_103_515_245, 21_638_832)
 
 
 def buckets_of(config) -> int:
     """The bigram table's size from a model config (object or config.json's dict); 0: no bigram table."""
     value = config.get(CONFIG_KEY) if isinstance(config, dict) else getattr(config, CONFIG_KEY, None)
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def hash_version_of(config) -> int | None:
+    """The bucket hash a config names (1 where it has a table and no `bigram_hash`); None: not a known version."""
+    value = config.get(HASH_KEY, LEGACY_HASH_VERSION) if isinstance(config, dict) else getattr(
+        config, HASH_KEY, LEGACY_HASH_VERSION)
+    return value if value in (LEGACY_HASH_VERSION, HASH_VERSION) and not isinstance(value, bool) else None
 
 
 def auto_bigram_buckets(texts: list[str]) -> int:
@@ -49,13 +69,21 @@ def auto_bigram_buckets(texts: list[str]) -> int:
     return DEFAULT_BUCKETS if cjk_share(texts) >= CJK_THRESHOLD else 0
 
 
-def bigram_ids(input_ids, buckets: int, pad_id: int):
+def bigram_ids(input_ids, buckets: int, pad_id: int, version: int = HASH_VERSION):
     """Each position's bucket for (its token, the next token); the last position pairs with padding, so a text
     gets the same buckets whether or not its batch pads it."""
     import torch.nn.functional as F
 
     following = F.pad(input_ids[:, 1:], (0, 1), value=pad_id)
-    return (input_ids * MULTIPLIER + following) % buckets
+    index = input_ids * MULTIPLIER + following
+    if version == LEGACY_HASH_VERSION:
+        return index % buckets
+    mixed = index % HASH_PRIME
+    mixed = mixed ^ (mixed // 2**16)  # a right shift; floor division exports to ONNX for signed integers
+    for multiplier, shift in zip(HASH_MULTIPLIERS, (13, 16), strict=True):
+        mixed = mixed * multiplier % HASH_PRIME
+        mixed = mixed ^ (mixed // 2**shift)
+    return mixed % buckets
 
 
 @functools.cache
@@ -104,11 +132,12 @@ def _embeddings_class():
             super().__init__(config)
             self.bigram_buckets = buckets_of(config)
             self.bigram_pad_id = int(config.pad_token_id or 0)
+            self.bigram_hash = hash_version_of(config)
             self.bigram_embeddings = nn.Embedding(self.bigram_buckets, config.hidden_size)
 
         def forward(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None, **kwargs):
             if input_ids is not None and inputs_embeds is None:
-                buckets = bigram_ids(input_ids, self.bigram_buckets, self.bigram_pad_id)
+                buckets = bigram_ids(input_ids, self.bigram_buckets, self.bigram_pad_id, self.bigram_hash)
                 inputs_embeds = self.word_embeddings(input_ids) + self.bigram_embeddings(buckets)
             return super().forward(input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids,
                                    inputs_embeds=inputs_embeds, **kwargs)

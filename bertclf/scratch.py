@@ -192,6 +192,7 @@ def scratch_model_config(size: str, tokenizer, max_length: int, bigram_buckets: 
     from transformers import BertConfig
 
     from bertclf.bigrams import CONFIG_KEY as BIGRAMS_KEY
+    from bertclf.bigrams import HASH_KEY, HASH_VERSION
 
     layers, hidden, heads = SCRATCH_SIZES[size]
     config = BertConfig(
@@ -205,6 +206,7 @@ def scratch_model_config(size: str, tokenizer, max_length: int, bigram_buckets: 
     )
     if bigram_buckets:
         setattr(config, BIGRAMS_KEY, bigram_buckets)
+        setattr(config, HASH_KEY, HASH_VERSION)
     return config
 
 

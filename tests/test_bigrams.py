@@ -8,7 +8,16 @@ from conftest import EXAMPLES
 from safetensors.torch import load_file
 from transformers import BertConfig, BertForSequenceClassification
 
-from bertclf.bigrams import CONFIG_KEY, DEFAULT_BUCKETS, TENSOR_NAME, auto_bigram_buckets, bigram_ids
+from bertclf.bigrams import (
+    CONFIG_KEY,
+    DEFAULT_BUCKETS,
+    HASH_KEY,
+    HASH_VERSION,
+    LEGACY_HASH_VERSION,
+    TENSOR_NAME,
+    auto_bigram_buckets,
+    bigram_ids,
+)
 from bertclf.errors import EXIT_DATA
 from bertclf.pooling import classifier_class, set_pooling
 
@@ -24,9 +33,33 @@ def _tiny_classifier(pooling: str = "cls", buckets: int = 101):
 
 def test_each_position_pairs_with_the_next_token_and_the_last_with_padding():
     ids = torch.tensor([[2, 7, 8, 3]])
-    assert bigram_ids(ids, 10**9, 0).tolist() == [[2 * 1_000_003 + 7, 7 * 1_000_003 + 8, 8 * 1_000_003 + 3,
-                                                   3 * 1_000_003]]
+    # The first release's hash (version 1) is the pair's index itself, modulo the table size.
+    assert bigram_ids(ids, 10**9, 0, LEGACY_HASH_VERSION).tolist() == [
+        [2 * 1_000_003 + 7, 7 * 1_000_003 + 8, 8 * 1_000_003 + 3, 3 * 1_000_003]]
     assert bigram_ids(ids, 97, 0).max() < 97
+    padded = torch.tensor([[2, 7, 8, 3, 0, 0]])
+    assert bigram_ids(padded, 50_000, 0)[:, :4].tolist() == bigram_ids(ids, 50_000, 0).tolist()
+
+
+def test_the_hash_spreads_pairs_over_the_whole_table():
+    # 40,000 distinct pairs of 200 tokens into 50,000 rows: a random hash fills 1 - e^-0.8 of them (27.5k).
+    # Version 1 put (a, b) in row (3a + b) mod 50,000, so these pairs shared 797 rows; every table size above
+    # 30,225 rows used the same ones for a 7,557-token vocabulary.
+    tokens = torch.arange(1000, 1200)
+    pairs = torch.stack([tokens.repeat_interleave(200), tokens.repeat(200)], dim=1)
+    rows = bigram_ids(pairs, 50_000, 0)[:, 0]
+    assert 26_500 < rows.unique().numel() < 28_500
+    assert bigram_ids(pairs, 50_000, 0, LEGACY_HASH_VERSION)[:, 0].unique().numel() == 797
+    large = bigram_ids(pairs, 200_000, 0)[:, 0]
+    assert large.max() >= 150_000 and large.unique().numel() > 35_000
+
+
+def test_a_model_without_a_hash_version_keeps_the_first_releases_buckets():
+    model = _tiny_classifier(buckets=97)
+    assert model.bert.embeddings.bigram_hash == LEGACY_HASH_VERSION  # no bigram_hash in its config
+    config = model.config
+    setattr(config, HASH_KEY, HASH_VERSION)
+    assert classifier_class(config)(config).bert.embeddings.bigram_hash == HASH_VERSION
 
 
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
@@ -69,7 +102,8 @@ def test_a_chinese_scratch_run_trains_saves_and_is_read_back_with_its_bigrams(tm
                           "-o", run)
     assert code == 0, stderr
     assert "character-bigram embeddings" in " ".join(stderr.split())
-    assert json.loads((run / "config.json").read_text())[CONFIG_KEY] == DEFAULT_BUCKETS
+    saved = json.loads((run / "config.json").read_text())
+    assert saved[CONFIG_KEY] == DEFAULT_BUCKETS and saved[HASH_KEY] == HASH_VERSION
     assert json.loads((run / "bertclf.json").read_text())["bigram_buckets"] == DEFAULT_BUCKETS
     assert list(load_file(run / "model.safetensors")[TENSOR_NAME].shape) == [DEFAULT_BUCKETS, 128]
     card = (run / "README.md").read_text()
@@ -86,8 +120,12 @@ def test_a_chinese_scratch_run_trains_saves_and_is_read_back_with_its_bigrams(tm
     code, stdout, stderr = cli("export", run, "--json", "--check-rows", "32")
     assert code == 0, stderr
     assert json.loads(stdout)["fp32"]["passed"]  # ONNX gives torch's probabilities, bigrams included
-    # Weights with a table the config does not name would be loaded without it: refused, naming both.
+    # A hash version this release does not know is refused, naming the field.
     config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, HASH_KEY: 7}))
+    code, stdout, stderr = cli("predict", run, EXAMPLES / "zh_reviews_test.csv")
+    assert code == EXIT_DATA and stdout == "" and HASH_KEY in stderr
+    # Weights with a table the config does not name would be loaded without it: refused, naming both.
     del config[CONFIG_KEY]
     (run / "config.json").write_text(json.dumps(config))
     code, stdout, stderr = cli("predict", run, EXAMPLES / "zh_reviews_test.csv")
