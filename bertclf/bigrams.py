@@ -37,8 +37,9 @@ MULTIPLIER = 1_000_003
 # first release (a config with a table but no `bigram_hash`, still read as it was trained), took the index modulo
 # the table size: MULTIPLIER is 3 modulo 50,000, so (a, b) landed in row (3a + b) mod 50,000, and zh_reviews'
 # 102k training pairs (a 7,557-token vocabulary) used 18,812 of the 50,000 rows; a larger table used the same
-# rows. Version 2 uses 43,538 (a random assignment: 43,548), and a plain multiplicative hash of the index fails on
-# grids of frequent tokens (tests/test_bigrams.py).
+# rows. Version 2 uses 43,538 (a random assignment: 43,548). A single multiplication of the index modulo the prime
+# (tried first) is still linear: the 40,000 pairs of 200 consecutive token ids filled 26k rows of a 50,000-row table
+# and the same 26k of a 200,000-row one (tests/test_bigrams.py checks version 2 on that grid).
 HASH_KEY = "bigram_hash"
 HASH_VERSION = 2
 LEGACY_HASH_VERSION = 1
