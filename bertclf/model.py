@@ -19,6 +19,7 @@ from pathlib import Path
 
 from bertclf.bigrams import CONFIG_KEY as BIGRAMS_KEY
 from bertclf.bigrams import HASH_KEY as BIGRAMS_HASH_KEY
+from bertclf.bigrams import HASH_VERSIONS as BIGRAMS_HASH_VERSIONS
 from bertclf.bigrams import TENSOR_NAME as BIGRAMS_TENSOR
 from bertclf.bigrams import buckets_of, hash_version_of
 from bertclf.errors import DataError, InputMissingError, ModelUnavailableError, UsageError
@@ -413,7 +414,8 @@ def _check_config(run_dir: Path, labels: list[str] | None = None) -> dict:
     if BIGRAMS_KEY in config and not buckets_of(config):
         raise _field_error(path, BIGRAMS_KEY, "a positive integer", config.get(BIGRAMS_KEY))
     if buckets_of(config) and hash_version_of(config) is None:
-        raise _field_error(path, BIGRAMS_HASH_KEY, "1 or 2", config.get(BIGRAMS_HASH_KEY))
+        raise _field_error(path, BIGRAMS_HASH_KEY, " or ".join(map(str, BIGRAMS_HASH_VERSIONS)),
+                           config.get(BIGRAMS_HASH_KEY))
     ordered = [id2label[str(i)] for i in range(len(id2label))]
     label2id = config.get("label2id")
     if label2id is not None and label2id != {label: i for i, label in enumerate(ordered)}:
