@@ -84,6 +84,9 @@ class Settings:
     tta_evals_per_epoch: int = 10
     defaults_rows: tuple[int, ...] = (1_000, 0)
     defaults_repeats: int = 1
+    # an earlier results file whose defaults-section Trainer runs are reused (the Trainer does not run bertclf's
+    # code, and its whole-file run takes 48 minutes on 2 cores); the output names the file
+    defaults_trainer_from: str | None = None
 
     @classmethod
     def quick(cls) -> Settings:
@@ -604,6 +607,9 @@ def main() -> int:
     parser.add_argument("--tta-evals", type=int, help="dev evaluations per epoch in the tta section (default 10)")
     parser.add_argument("--defaults-rows", help="comma-separated file sizes for the defaults section, 0 for the whole "
                         "file (default: 1000,0)")
+    parser.add_argument("--defaults-trainer-from", type=Path, metavar="RESULTS_JSON",
+                        help="reuse the run_classification Trainer's runs of the defaults section from this earlier "
+                        "results file (same data set and size, same machine) instead of running them again")
     parser.add_argument("--rss-rows", help="small,large row counts for the rss section, e.g. 10000,1000000")
     parser.add_argument("--threads", type=int, help="torch threads (OMP_NUM_THREADS) for every child; default: "
                         "physical cores")
@@ -636,6 +642,8 @@ def main() -> int:
         settings.tta_evals_per_epoch = args.tta_evals
     if args.defaults_rows:
         settings.defaults_rows = tuple(int(x) for x in args.defaults_rows.split(","))
+    if args.defaults_trainer_from:
+        settings.defaults_trainer_from = str(args.defaults_trainer_from)
     if args.rss_rows:
         small, large = (int(x) for x in args.rss_rows.split(","))
         settings.rss_rows = (small, large)

@@ -48,13 +48,18 @@ def count_rows(path: Path) -> int:
         return sum(1 for _ in csv.DictReader(handle))
 
 
-def bertclf_settings(rows: int, validation_given: bool) -> dict:
+def count_labels(path: Path) -> int:
+    with open(path, encoding="utf-8", newline="") as handle:
+        return len({row["label"] for row in csv.DictReader(handle)})
+
+
+def bertclf_settings(rows: int, labels: int, validation_given: bool) -> dict:
     """The batch size, learning rate and warm-up bertclf's defaults choose for MiniLM on `rows` rows."""
     from bertclf.config import TrainConfig, auto_batch_size
 
     defaults = TrainConfig(train_file=Path("x.csv"))
     trained = rows if validation_given else rows - round(rows * defaults.validation_split)
-    return {"batch_size": auto_batch_size(trained, defaults.epochs), "lr": 1e-4,  # model.auto_learning_rate(MiniLM)
+    return {"batch_size": auto_batch_size(trained, defaults.epochs, labels=labels), "lr": 1e-4,  # MiniLM's auto
             "warmup": defaults.warmup_ratio, "weight_decay": defaults.weight_decay, "rows": trained}
 
 
@@ -99,7 +104,7 @@ def tta_dataset(bench, ds: str, folder: Path, rows: int | None, repeats: int, ev
     Row, MODEL = bench.Row, bench.MODEL
     train = first_rows(folder / "train.csv", rows, bench.work / f"tta-{ds}-{rows}.csv")
     n = count_rows(train)
-    ours = bertclf_settings(n, validation_given=True)
+    ours = bertclf_settings(n, count_labels(train), validation_given=True)
     every = {"bertclf defaults": max(1, math.ceil(n / ours["batch_size"]) // evals_per_epoch),
              "Trainer run_classification defaults": max(1, math.ceil(n / 8) // evals_per_epoch),
              "Trainer tuned": max(1, math.ceil(n / ours["batch_size"]) // evals_per_epoch)}
@@ -151,6 +156,18 @@ def tta_dataset(bench, ds: str, folder: Path, rows: int | None, repeats: int, ev
             "targets": targets, "variants": figures, "ratios_trainer_seconds_over_bertclf": ratios, "runs": runs}
 
 
+TRAINER_SIDE = "Trainer run_classification defaults"
+
+
+def earlier_trainer_runs(results: Path, key: str, rows: int) -> list[dict]:
+    """The Trainer's defaults-section runs on the same file size from an earlier results file, each marked with
+    where it came from."""
+    earlier = json.loads(results.read_text(encoding="utf-8"))["sections"]["defaults"][key]
+    if earlier["rows"] != rows:
+        raise SystemExit(f"{results}: its {key} Trainer runs trained on {earlier['rows']} rows, not {rows}")
+    return [{**run, "reused_from": str(results)} for run in earlier["runs"][TRAINER_SIDE]]
+
+
 def defaults_dataset(bench, ds: str, folder: Path, rows: int | None, repeats: int) -> dict:
     """bertclf train FILE --model M against run_classification's defaults: whole-process wall, test accuracy."""
     Row, MODEL = bench.Row, bench.MODEL
@@ -160,9 +177,13 @@ def defaults_dataset(bench, ds: str, folder: Path, rows: int | None, repeats: in
     commands = {
         "bertclf defaults": bench.bertclf("train", train, "--model", MODEL, "--json", "-o", out / "bertclf",
                                           "--overwrite"),
-        "Trainer run_classification defaults": trainer_defaults_cmd(bench, folder, train, out, "--save-like-default"),
+        TRAINER_SIDE: trainer_defaults_cmd(bench, folder, train, out, "--save-like-default"),
     }
     runs: dict[str, list[dict]] = {name: [] for name in commands}
+    reused = bench.settings.defaults_trainer_from
+    if reused:
+        runs[TRAINER_SIDE] = earlier_trainer_runs(Path(reused), f"{ds}-{rows or 'all'}", n)
+        del commands[TRAINER_SIDE]
     for repeat, name in interleaved(list(commands), repeats):
         bench.say(f"   defaults {ds} ({n} rows) repeat {repeat + 1}: {name}")
         result = bench.run(commands[name])
@@ -176,7 +197,7 @@ def defaults_dataset(bench, ds: str, folder: Path, rows: int | None, repeats: in
             record = {"wall_s": result.wall_s - doc["after_train_seconds"], "test_accuracy": doc["test_accuracy"],
                       "batch_size": doc["batch_size"], "steps": doc["steps"]}
         runs[name].append({**record, **result.brief(), "wall_s": round(record["wall_s"], 2)})
-    ours, theirs = runs["bertclf defaults"], runs["Trainer run_classification defaults"]
+    ours, theirs = runs["bertclf defaults"], runs[TRAINER_SIDE]
     speed = paired_ratio([r["wall_s"] for r in ours], [r["wall_s"] for r in theirs], higher_is_better=False)
     points = summary([a["test_accuracy"] - b["test_accuracy"] for a, b in zip(ours, theirs, strict=False)])["median"]
     for name, records in runs.items():
@@ -184,6 +205,8 @@ def defaults_dataset(bench, ds: str, folder: Path, rows: int | None, repeats: in
         bench.rows.append(Row("defaults", ds, f"{n} rows: {name}", wall["median"], "s whole process", wall["min"],
                               wall["max"], f"{speed:.2f}x" if speed and name != "bertclf defaults" else "",
                               accuracy["median"],
-                              note=f"batch {records[0]['batch_size']}, {records[0]['steps']} steps"))
+                              note=f"batch {records[0]['batch_size']}, {records[0]['steps']} steps"
+                              + (f", from {Path(records[0]['reused_from']).name}" if "reused_from" in records[0]
+                                 else "")))
     return {"rows": n, "runs": runs, "speed_ratio_trainer_wall_over_bertclf": speed,
             "test_accuracy_points_bertclf_minus_trainer": None if points is None else round(100 * points, 2)}

@@ -203,8 +203,8 @@ def resolve_batch_size(config: TrainConfig, data: TrainingData, processes: int) 
 
     if config.batch_size is not None:
         return config, "--batch-size"
-    size = auto_batch_size(len(data.train_texts), config.epochs, max_steps=config.max_steps, processes=processes,
-                           grad_accum=config.grad_accum)
+    size = auto_batch_size(len(data.train_texts), config.epochs, labels=len(data.labels), max_steps=config.max_steps,
+                           processes=processes, grad_accum=config.grad_accum)
     return dataclasses.replace(config, batch_size=size), "auto"
 
 

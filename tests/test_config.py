@@ -49,13 +49,16 @@ def test_batch_size_auto_keeps_enough_updates_on_small_files():
     assert parse_batch_size("auto") is None and parse_batch_size(" 16 ") == 16
     with pytest.raises(UsageError, match="--batch-size"):
         parse_batch_size("big")
-    # 3 epochs: batch 32 from 3,200 rows (300 updates), 16 from 1,600, else 8 (however few updates that gives)
-    assert auto_batch_size(10_000, 3) == 32 and auto_batch_size(3_200, 3) == 32
-    assert auto_batch_size(3_199, 3) == 16 and auto_batch_size(1_600, 3) == 16
-    assert auto_batch_size(900, 3) == 8 and auto_batch_size(50, 3) == 8
-    assert auto_batch_size(3_200, 6) == 32 and auto_batch_size(3_200, 3, processes=2) == 16  # updates, not rows
-    assert auto_batch_size(3_200, 3, grad_accum=4) == 8
-    assert auto_batch_size(100, 3, max_steps=50) == 32  # --max-steps fixes the number of updates
+    # 3 epochs, 2 labels (300 updates): batch 32 from 3,200 rows, 16 from 1,600, else 8 (however few that gives)
+    assert auto_batch_size(10_000, 3, labels=2) == 32 and auto_batch_size(3_200, 3, labels=2) == 32
+    assert auto_batch_size(3_199, 3, labels=2) == 16 and auto_batch_size(1_600, 3, labels=2) == 16
+    assert auto_batch_size(900, 3, labels=2) == 8 and auto_batch_size(50, 3, labels=2) == 8
+    assert auto_batch_size(3_200, 6, labels=2) == 32 and auto_batch_size(3_200, 3, labels=2, processes=2) == 16
+    assert auto_batch_size(3_200, 3, labels=2, grad_accum=4) == 8  # updates, not rows
+    # 14 labels need 1,400 updates: en_wordnet_verbs' 9,214 training rows get batch 16 (1,728 updates)
+    assert auto_batch_size(9_214, 3, labels=14) == 16 and auto_batch_size(14_934, 3, labels=14) == 32
+    assert auto_batch_size(10_000, 3, labels=10) == 16 and auto_batch_size(6_000, 3, labels=2) == 32
+    assert auto_batch_size(100, 3, labels=14, max_steps=50) == 32  # --max-steps fixes the number of updates
 
 
 def test_gates_parse_and_reject_unknown_metrics():
