@@ -65,10 +65,12 @@ def hash_version_of(config) -> int | None:
     return value if value in HASH_VERSIONS and not isinstance(value, bool) else None
 
 
-def auto_bigram_buckets(texts: list[str]) -> int:
-    """The table size for a scratch model of these texts: DEFAULT_BUCKETS for mostly-Chinese text (where
-    single-character tokens leave the pairs unlearnt), 0 otherwise (English WordPiece tokens are words already,
-    and bigrams were not measured there)."""
+def auto_bigram_buckets(texts: list[str], requested: int | None = None) -> int:
+    """The table size for a scratch model of these texts: `--bigram-buckets` where given (0: no table), else
+    DEFAULT_BUCKETS for mostly-Chinese text (where single-character tokens leave the pairs unlearnt), 0 otherwise
+    (English WordPiece tokens are words already, and bigrams were not measured there)."""
+    if requested is not None:
+        return requested
     from bertclf.data import cjk_share
     from bertclf.model import CJK_THRESHOLD
 

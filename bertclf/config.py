@@ -107,6 +107,7 @@ class TrainConfig:
     # What the classifier reads: cls (BERT's head), mean (all tokens' vectors), auto (mean for a model
     # pre-trained from scratch by `bertclf pretrain`, whose [CLS] learnt nothing; bertclf.pooling).
     pooling: str = "auto"
+    bigram_buckets: int | None = None  # a scratch model's bigram table rows; None ("auto"): bigrams.auto_bigram_buckets
     epochs: float = 3.0
     max_steps: int | None = None  # optimizer steps; overrides --epochs when given
     batch_size: int | None = None  # None ("auto"): 32, smaller for small files, see auto_batch_size
@@ -145,6 +146,7 @@ class TrainConfig:
         _check(self.long_text in LONG_TEXT_MODES, "--long-text", self.long_text,
                f"Choose one of: {', '.join(LONG_TEXT_MODES)}.")
         _check(self.pooling in POOLINGS, "--pooling", self.pooling, f"Choose one of: {', '.join(POOLINGS)}.")
+        check_bigram_buckets(self.bigram_buckets)
         most = (self.max_length or 8192) // 2
         _check(self.stride is None or 0 <= self.stride <= most, "--stride", self.stride,
                f"Give 0 to {most} tokens (at most half of --max-length).")
@@ -219,6 +221,18 @@ def _parse_auto(value: str, flag: str, convert, example: str):
         return convert(value)
     except ValueError:
         raise UsageError(f"Invalid value for {flag}: {value!r}. Give {example}, or 'auto'.") from None
+
+
+MAX_BIGRAM_BUCKETS = 10_000_000  # 1.28G numbers at scratch:tiny's width: more is a typo, not a table
+
+
+def check_bigram_buckets(value: int | None) -> None:
+    _check(value is None or 0 <= value <= MAX_BIGRAM_BUCKETS, "--bigram-buckets", value,
+           f"Give 0 (no bigram table) to {MAX_BIGRAM_BUCKETS:,} rows, or auto.")
+
+
+def parse_bigram_buckets(value: str) -> int | None:
+    return _parse_auto(value, "--bigram-buckets", int, "a number of rows such as 200000 (0: no table)")
 
 
 def parse_batch_size(value: str) -> int | None:
@@ -437,6 +451,7 @@ class PretrainConfig:
     max_length: int = 128  # tokens per packed sequence, [CLS] and [SEP] included
     mlm_probability: float = 0.15  # share of tokens (or, with whole_word_mask, of words) predicted
     whole_word_mask: bool = False  # mask whole words (jieba words for Chinese; WordPiece words otherwise)
+    bigram_buckets: int | None = None  # a scratch model's bigram table rows; None ("auto"): bigrams.auto_bigram_buckets
     validation_split: float = 0.02  # share of the corpus texts held out for the masked-LM loss and perplexity
     max_validation_texts: int = 2000
     epochs: float = 3.0
@@ -467,6 +482,7 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         _check(len(self.corpus_files) > 0, "CORPUS", self.corpus_files, "Give at least one corpus file.")
         _check(16 <= self.max_length <= 8192, "--max-length", self.max_length, "Give 16 to 8192 tokens.")
+        check_bigram_buckets(self.bigram_buckets)
         _check(0.0 < self.mlm_probability < 1.0, "--mlm-probability", self.mlm_probability,
                "Give a share between 0 and 1, for example 0.15.")
         _check(0.0 < self.validation_split < 1.0, "--validation-split", self.validation_split,

@@ -191,13 +191,15 @@ def load_tokenizer(path: Path):
 
 
 def load_for_training(resolved: ResolvedModel, labels: list[str], train_texts: list[str], max_length: int | None,
-                      workdir: Path, multi_label: bool = False, vocab_dir: Path | None = None, pooling: str = "cls"):
+                      workdir: Path, multi_label: bool = False, vocab_dir: Path | None = None, pooling: str = "cls",
+                      bigram_buckets: int | None = None):
     """(tokenizer, model) with a fresh classification head for `labels`. The head's problem type (saved in
     config.json) makes transformers' pipeline apply a sigmoid per label to a multi-label run.
 
     A scratch model reuses the vocabulary in `vocab_dir` when it holds one (a resumed run's output
     directory, or the vocabulary the main process built for the other DDP ranks); otherwise it builds one
-    from `train_texts` into `workdir`. `pooling` (cls or mean, bertclf.pooling) is saved in config.json."""
+    from `train_texts` into `workdir`, and its bigram table gets `bigram_buckets` rows (None: auto, bertclf.bigrams).
+    `pooling` (cls or mean, bertclf.pooling) is saved in config.json."""
     from transformers import BertConfig
 
     from bertclf.pooling import classifier_class, set_pooling
@@ -216,7 +218,7 @@ def load_for_training(resolved: ResolvedModel, labels: list[str], train_texts: l
             build_scratch_vocab(train_texts, workdir)
             tokenizer = scratch_tokenizer(workdir)
         config = scratch_model_config(resolved.scratch_size, tokenizer, max_length or 512,
-                                      bigram_buckets=auto_bigram_buckets(train_texts))
+                                      bigram_buckets=auto_bigram_buckets(train_texts, bigram_buckets))
         for key, value in head.items():
             setattr(config, key, value)
         set_pooling(config, pooling)

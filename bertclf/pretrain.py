@@ -164,7 +164,8 @@ def _load_model(config: PretrainConfig, corpus: PretrainCorpus, run_dir: RunDire
         with accelerator.main_process_first():
             tokenizer = scratch_tokenizer(output)
         scratch_config = scratch_model_config(resolved.scratch_size, tokenizer, config.max_length,
-                                              bigram_buckets=auto_bigram_buckets(corpus.train_texts))
+                                              bigram_buckets=auto_bigram_buckets(corpus.train_texts,
+                                                                                 config.bigram_buckets))
         model = scratch_model_for_pretraining(scratch_config)  # how it starts and why: scratch_init.py
     else:
         assert resolved.path is not None

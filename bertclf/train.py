@@ -325,7 +325,7 @@ def _load_model(config: TrainConfig, data: TrainingData, run_dir: RunDirectory, 
     with accelerator.main_process_first():
         tokenizer, model = load_for_training(resolved, data.labels, data.train_texts + (data.train_pairs or []),
                                              config.max_length, output, multi_label=config.multi_label,
-                                             vocab_dir=vocab_dir,
+                                             vocab_dir=vocab_dir, bigram_buckets=config.bigram_buckets,
                                              pooling=resolve_pooling(config.pooling, resolved.source, resolved.path))
     if is_main:
         run_dir.make_ready()  # the model is resolved and loaded: now the run may write
@@ -353,6 +353,10 @@ def resolve_for_run(config, texts: list[str], run_dir: RunDirectory, accelerator
     from bertclf.model import resolve_model
 
     resolved = resolve_model(config.model, texts, revision=config.revision)
+    if config.bigram_buckets is not None and resolved.source != "scratch":
+        raise UsageError(f"--bigram-buckets sizes the bigram table of a new scratch model; {resolved.name} "
+                         "already has its size (config.json's bigram_buckets, or none).",
+                         hint="Leave out --bigram-buckets, or use --model scratch[:SIZE].")
     if accelerator.is_main_process:
         console.info(f"Model {resolved.name} ({resolved.source}{', ' + str(resolved.path) if resolved.path else ''})")
     if resolved.source == "scratch":

@@ -18,7 +18,7 @@ from bertclf.bigrams import (
     auto_bigram_buckets,
     bigram_ids,
 )
-from bertclf.errors import EXIT_DATA
+from bertclf.errors import EXIT_DATA, EXIT_USAGE
 from bertclf.pooling import classifier_class, set_pooling
 
 
@@ -141,3 +141,33 @@ def test_an_english_scratch_run_has_no_bigram_table(tmp_path, cli):
     assert CONFIG_KEY not in json.loads((run / "config.json").read_text())
     assert TENSOR_NAME not in load_file(run / "model.safetensors")
     assert "pipeline(" in (run / "README.md").read_text()
+
+
+def test_bigram_buckets_sizes_a_scratch_table_in_train_and_pretrain(tmp_path, cli):
+    run = tmp_path / "run"
+    code, _, stderr = cli("train", EXAMPLES / "zh_reviews.csv", "-m", "scratch:tiny", "--max-steps", "2", "--cpu",
+                          "--bigram-buckets", "3000", "-o", run)
+    assert code == 0, stderr
+    assert json.loads((run / "config.json").read_text())[CONFIG_KEY] == 3000
+    assert list(load_file(run / "model.safetensors")[TENSOR_NAME].shape) == [3000, 128]
+    assert json.loads((run / "bertclf.json").read_text())["config"]["bigram_buckets"] == 3000
+    none = tmp_path / "none"
+    code, _, stderr = cli("train", EXAMPLES / "zh_reviews.csv", "-m", "scratch:tiny", "--max-steps", "2", "--cpu",
+                          "--bigram-buckets", "0", "-o", none)
+    assert code == 0, stderr
+    assert CONFIG_KEY not in json.loads((none / "config.json").read_text())
+    assert TENSOR_NAME not in load_file(none / "model.safetensors")
+    model = tmp_path / "pretrained"
+    code, _, stderr = cli("pretrain", EXAMPLES / "zh_reviews.csv", "-m", "scratch:tiny", "--max-steps", "2",
+                          "--batch-size", "4", "--max-length", "32", "--cpu", "--bigram-buckets", "2000", "-o", model)
+    assert code == 0, stderr
+    assert json.loads((model / "config.json").read_text())[CONFIG_KEY] == 2000
+    # A pretrained model's table size is fixed by its config: the flag is refused, not ignored.
+    code, stdout, stderr = cli("train", EXAMPLES / "zh_reviews.csv", "-m", model, "--max-steps", "1", "--cpu",
+                               "--bigram-buckets", "5000", "-o", tmp_path / "refused")
+    assert code == EXIT_USAGE and stdout == "" and "--bigram-buckets" in stderr
+    assert not (tmp_path / "refused").exists()
+    for bad in ("-1", "lots"):
+        code, _, stderr = cli("train", EXAMPLES / "zh_reviews.csv", "-m", "scratch:tiny", "--bigram-buckets", bad,
+                              "-o", tmp_path / "bad")
+        assert code == EXIT_USAGE and "--bigram-buckets" in stderr

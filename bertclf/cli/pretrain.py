@@ -13,6 +13,7 @@ from bertclf.cli._cli_utils import DATA_PANEL, MODEL_PANEL, OPT_PANEL, RUN_PANEL
 from bertclf.cli._errors import user_errors
 from bertclf.cli.train import (
     BatchSizeOpt,
+    BigramBucketsOpt,
     CpuOpt,
     EncodingOpt,
     EpochsOpt,
@@ -30,7 +31,7 @@ from bertclf.cli.train import (
     SeedOpt,
     WeightDecayOpt,
 )
-from bertclf.config import PretrainConfig, parse_learning_rate
+from bertclf.config import PretrainConfig, parse_bigram_buckets, parse_learning_rate
 
 D = PretrainConfig
 
@@ -79,6 +80,7 @@ def pretrain(
     max_length: MaxLengthOpt = D.max_length,
     mlm_probability: MlmProbabilityOpt = D.mlm_probability,
     whole_word_mask: WholeWordMaskOpt = False,
+    bigram_buckets: BigramBucketsOpt = "auto",
     epochs: EpochsOpt = D.epochs,
     max_steps: MaxStepsOpt = None,
     batch_size: BatchSizeOpt = D.batch_size,
@@ -113,7 +115,7 @@ def pretrain(
             corpus_files=tuple(corpus), text_column=text_column, data_format=data_format, encoding=encoding,
             validation_split=validation_split, max_validation_texts=max_validation_texts, model=model,
             revision=revision, max_length=max_length, mlm_probability=mlm_probability,
-            whole_word_mask=whole_word_mask, epochs=epochs,
+            whole_word_mask=whole_word_mask, bigram_buckets=parse_bigram_buckets(bigram_buckets), epochs=epochs,
             max_steps=max_steps, batch_size=batch_size, lr=parse_learning_rate(lr), weight_decay=weight_decay,
             warmup_ratio=warmup_ratio, grad_accum=grad_accum, max_grad_norm=max_grad_norm, eval_every=eval_every,
             seed=seed, output=output, overwrite=overwrite, mixed_precision=mixed_precision, cpu=cpu,

@@ -11,7 +11,13 @@ import typer
 import bertclf.cli._output as _output
 from bertclf.cli._cli_utils import DATA_PANEL, MODEL_PANEL, OPT_PANEL, RUN_PANEL
 from bertclf.cli._errors import user_errors
-from bertclf.config import TrainConfig, parse_batch_size, parse_learning_rate, parse_max_length
+from bertclf.config import (
+    TrainConfig,
+    parse_batch_size,
+    parse_bigram_buckets,
+    parse_learning_rate,
+    parse_max_length,
+)
 
 D = TrainConfig  # defaults live once, in the dataclass
 
@@ -60,6 +66,9 @@ PoolingOpt = Annotated[str, typer.Option(help="What the classifier reads: cls (t
                        "mean (the mean of all tokens' vectors) or auto (mean for a `bertclf pretrain --model "
                        "scratch` model, whose [CLS] learnt nothing in pre-training; cls otherwise).",
                        rich_help_panel=MODEL_PANEL)]
+BigramBucketsOpt = Annotated[str, typer.Option("--bigram-buckets", help="Rows of a scratch model's character-bigram "
+                             "table, or auto (50,000 for mostly-Chinese text, none otherwise); 0: no table. More "
+                             "rows suit tasks with many, rare labels.", rich_help_panel=MODEL_PANEL)]
 StrideOpt = Annotated[int | None, typer.Option(help="With --long-text chunks: tokens shared by consecutive "
                       "windows. Default: a quarter of --max-length.", rich_help_panel=MODEL_PANEL)]
 EpochsOpt = Annotated[float, typer.Option(help="Passes over the training data.", rich_help_panel=OPT_PANEL)]
@@ -139,6 +148,7 @@ def train(
     long_text: LongTextOpt = D.long_text,
     stride: StrideOpt = None,
     pooling: PoolingOpt = D.pooling,
+    bigram_buckets: BigramBucketsOpt = "auto",
     epochs: EpochsOpt = D.epochs,
     max_steps: MaxStepsOpt = None,
     batch_size: TrainBatchSizeOpt = "auto",
@@ -180,7 +190,8 @@ def train(
             text_column=text_column, label_column=label_column, text_pair_column=text_pair_column,
             multi_label=multi_label, label_separator=label_separator, model=model, revision=revision, output=output,
             overwrite=overwrite, max_length=parse_max_length(max_length), truncation=truncation, long_text=long_text,
-            stride=stride, pooling=pooling, epochs=epochs, max_steps=max_steps,
+            stride=stride, pooling=pooling, bigram_buckets=parse_bigram_buckets(bigram_buckets), epochs=epochs,
+            max_steps=max_steps,
             batch_size=parse_batch_size(batch_size), lr=parse_learning_rate(lr), weight_decay=weight_decay,
             warmup_ratio=warmup_ratio, grad_accum=grad_accum, max_grad_norm=max_grad_norm,
             eval_every=eval_every, early_stopping=early_stopping, metric=metric, seed=seed,
