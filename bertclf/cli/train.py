@@ -67,8 +67,8 @@ PoolingOpt = Annotated[str, typer.Option(help="What the classifier reads: cls (t
                        "scratch` model, whose [CLS] learnt nothing in pre-training; cls otherwise).",
                        rich_help_panel=MODEL_PANEL)]
 BigramBucketsOpt = Annotated[str, typer.Option("--bigram-buckets", help="Rows of a scratch model's character-bigram "
-                             "table, or auto (50,000 for mostly-Chinese text, none otherwise); 0: no table. More "
-                             "rows suit tasks with many, rare labels.", rich_help_panel=MODEL_PANEL)]
+                             "table, or auto (50,000 for mostly-Chinese text, none otherwise); 0: no table.",
+                             rich_help_panel=MODEL_PANEL)]
 StrideOpt = Annotated[int | None, typer.Option(help="With --long-text chunks: tokens shared by consecutive "
                       "windows. Default: a quarter of --max-length.", rich_help_panel=MODEL_PANEL)]
 EpochsOpt = Annotated[float, typer.Option(help="Passes over the training data.", rich_help_panel=OPT_PANEL)]
