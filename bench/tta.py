@@ -26,7 +26,8 @@ from runner import interleaved, paired_ratio, summary
 
 EPOCHS = 3
 TRAINER_DEFAULTS = {"lr": 5e-5, "warmup": 0, "weight_decay": 0.0, "batch_size": 8}  # TrainingArguments' defaults
-SIDES = ("bertclf defaults", "Trainer run_classification defaults", "Trainer tuned")
+TRAINER_SIDE = "Trainer run_classification defaults"
+SIDES = ("bertclf defaults", TRAINER_SIDE, "Trainer tuned")
 
 
 def first_rows(source: Path, rows: int | None, target: Path) -> Path:
@@ -48,9 +49,10 @@ def count_rows(path: Path) -> int:
         return sum(1 for _ in csv.DictReader(handle))
 
 
-def count_labels(path: Path) -> int:
+def read_labels(path: Path) -> list[str]:
+    """Every row's label, in file order (its length is the row count)."""
     with open(path, encoding="utf-8", newline="") as handle:
-        return len({row["label"] for row in csv.DictReader(handle)})
+        return [row["label"] for row in csv.DictReader(handle)]
 
 
 def bertclf_settings(rows: int, labels: int, validation_given: bool) -> dict:
@@ -103,18 +105,18 @@ def tta_dataset(bench, ds: str, folder: Path, rows: int | None, repeats: int, ev
     """`bench` is bench.Bench: it runs the commands (fresh processes, offline, same threads) and holds the rows."""
     Row, MODEL = bench.Row, bench.MODEL
     train = first_rows(folder / "train.csv", rows, bench.work / f"tta-{ds}-{rows}.csv")
-    n = count_rows(train)
-    ours = bertclf_settings(n, count_labels(train), validation_given=True)
+    labels = read_labels(train)
+    n = len(labels)
+    ours = bertclf_settings(n, len(set(labels)), validation_given=True)
     every = {"bertclf defaults": max(1, math.ceil(n / ours["batch_size"]) // evals_per_epoch),
-             "Trainer run_classification defaults": max(1, math.ceil(n / 8) // evals_per_epoch),
+             TRAINER_SIDE: max(1, math.ceil(n / 8) // evals_per_epoch),
              "Trainer tuned": max(1, math.ceil(n / ours["batch_size"]) // evals_per_epoch)}
     out = bench.work / f"tta-{ds}"
     commands = {
         "bertclf defaults": bench.bertclf(
             "train", train, "--validation", folder / "dev.csv", "--model", MODEL, "--cpu", "--json",
             "--mixed-precision", "no", "--eval-every", every["bertclf defaults"], "-o", out / "bertclf", "--overwrite"),
-        "Trainer run_classification defaults": trainer_defaults_cmd(
-            bench, folder, train, out, "--eval-every", every["Trainer run_classification defaults"]),
+        TRAINER_SIDE: trainer_defaults_cmd(bench, folder, train, out, "--eval-every", every[TRAINER_SIDE]),
         "Trainer tuned": bench.hf_curve_cmd(
             folder, train, out / "hf", "--config", "tuned", "--batch-size", ours["batch_size"], "--lr", ours["lr"],
             "--warmup", ours["warmup"], "--weight-decay", ours["weight_decay"], "--eval-every", every["Trainer tuned"]),
@@ -133,7 +135,7 @@ def tta_dataset(bench, ds: str, folder: Path, rows: int | None, repeats: int, ev
             record = {"curve": doc["curve"], "batch_size": doc["batch_size"], "test_accuracy": doc["test_accuracy"]}
         runs[name].append({**record, **result.brief()})
 
-    epoch_target = summary([accuracy_after(r["curve"], n) for r in runs["Trainer run_classification defaults"]])
+    epoch_target = summary([accuracy_after(r["curve"], n) for r in runs[TRAINER_SIDE]])
     best = max(p["dev_accuracy"] for records in runs.values() for r in records for p in r["curve"])
     targets = {"Trainer's one-epoch dev accuracy": epoch_target["median"], "95% of the best dev accuracy": 0.95 * best}
     figures = {}
@@ -154,9 +156,6 @@ def tta_dataset(bench, ds: str, folder: Path, rows: int | None, repeats: int, ev
                                   note=reached or f"final dev {figures[name]['final_dev_accuracy']['median']:.3f}"))
     return {"rows": n, "train_file": str(train), "epochs": EPOCHS, "evals_every": every, "bertclf": ours,
             "targets": targets, "variants": figures, "ratios_trainer_seconds_over_bertclf": ratios, "runs": runs}
-
-
-TRAINER_SIDE = "Trainer run_classification defaults"
 
 
 def earlier_trainer_runs(results: Path, key: str, rows: int) -> list[dict]:
