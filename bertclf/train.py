@@ -347,16 +347,26 @@ def _load_model(config: TrainConfig, data: TrainingData, run_dir: RunDirectory, 
     return LoadedModel(resolved, tokenizer, model, spec, train_encoded, val_encoded, lr)
 
 
+def _refuse_bigram_buckets(model_name: str):
+    raise UsageError(f"--bigram-buckets sizes the bigram table of a new scratch model; {model_name} "
+                     "already has its size (config.json's bigram_buckets, or none).",
+                     hint="Leave out --bigram-buckets, or use --model scratch[:SIZE].")
+
+
 def resolve_for_run(config, texts: list[str], run_dir: RunDirectory, accelerator):
     """Resolve --model (train's or pretrain's config) and say which. For a scratch model, a resumed run must
     hold its saved vocabulary; otherwise the main process readies the directory to build one straight into it."""
     from bertclf.model import resolve_model
+    from bertclf.scratch import parse_scratch_name
 
+    # --bigram-buckets only sizes a new scratch model: any other model is refused before it is resolved (a Hub
+    # model would be downloaded first); `auto` is checked once it has become scratch or a pretrained model.
+    if config.bigram_buckets is not None and config.model.strip().lower() != "auto" \
+            and parse_scratch_name(config.model) is None:
+        _refuse_bigram_buckets(config.model)
     resolved = resolve_model(config.model, texts, revision=config.revision)
     if config.bigram_buckets is not None and resolved.source != "scratch":
-        raise UsageError(f"--bigram-buckets sizes the bigram table of a new scratch model; {resolved.name} "
-                         "already has its size (config.json's bigram_buckets, or none).",
-                         hint="Leave out --bigram-buckets, or use --model scratch[:SIZE].")
+        _refuse_bigram_buckets(resolved.name)
     if accelerator.is_main_process:
         console.info(f"Model {resolved.name} ({resolved.source}{', ' + str(resolved.path) if resolved.path else ''})")
     if resolved.source == "scratch":

@@ -167,6 +167,11 @@ def test_bigram_buckets_sizes_a_scratch_table_in_train_and_pretrain(tmp_path, cl
                                "--bigram-buckets", "5000", "-o", tmp_path / "refused")
     assert code == EXIT_USAGE and stdout == "" and "--bigram-buckets" in stderr
     assert not (tmp_path / "refused").exists()
+    # A Hub model is refused before anything is fetched (the tests run offline: a lookup would exit 69).
+    code, _, stderr = cli("train", EXAMPLES / "zh_reviews.csv", "-m", "someone/chinese-bert", "--cpu",
+                          "--bigram-buckets", "5000", "-o", tmp_path / "hub")
+    assert code == EXIT_USAGE and "--bigram-buckets" in stderr and "someone/chinese-bert" in stderr, stderr
+    assert not (tmp_path / "hub").exists()
     for bad in ("-1", "lots"):
         code, _, stderr = cli("train", EXAMPLES / "zh_reviews.csv", "-m", "scratch:tiny", "--bigram-buckets", bad,
                               "-o", tmp_path / "bad")
