@@ -58,10 +58,12 @@ def read_labels(path: Path) -> list[str]:
 def bertclf_settings(rows: int, labels: int, validation_given: bool) -> dict:
     """The batch size, learning rate and warm-up bertclf's defaults choose for MiniLM on `rows` rows."""
     from bertclf.config import TrainConfig, auto_batch_size
+    from bertclf.model import pretrained_learning_rate
 
     defaults = TrainConfig(train_file=Path("x.csv"))
     trained = rows if validation_given else rows - round(rows * defaults.validation_split)
-    return {"batch_size": auto_batch_size(trained, defaults.epochs, labels=labels), "lr": 1e-4,  # MiniLM's auto
+    return {"batch_size": auto_batch_size(trained, defaults.epochs, labels=labels),
+            "lr": pretrained_learning_rate(384, binary=labels == 2),  # MiniLM's (hidden 384) --lr auto
             "warmup": defaults.warmup_ratio, "weight_decay": defaults.weight_decay, "rows": trained}
 
 

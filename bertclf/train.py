@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from bertclf import checkpoint, compiling, console, runinfo
 from bertclf.config import TrainConfig
@@ -339,7 +339,9 @@ def _load_model(config: TrainConfig, data: TrainingData, run_dir: RunDirectory, 
         val_encoded = encode_cached(tokenizer, data.val_texts, spec, cache, data.val_pairs)
     if config.multi_label:
         _start_at_label_priors(model, data.train_targets)
-    lr = config.lr if config.lr is not None else auto_learning_rate(model, resolved.source, resolved.path)
+    binary = len(data.labels) == 2 and not config.multi_label
+    lr = config.lr if config.lr is not None else auto_learning_rate(model, resolved.source, resolved.path,
+                                                                    binary=binary)
     if config.gradient_checkpointing:
         # transformers 5 renamed gradient_checkpointing_enable (deprecated) to activation_checkpointing_enable.
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
@@ -347,7 +349,8 @@ def _load_model(config: TrainConfig, data: TrainingData, run_dir: RunDirectory, 
     return LoadedModel(resolved, tokenizer, model, spec, train_encoded, val_encoded, lr)
 
 
-def _refuse_bigram_buckets(model_name: str):
+def _refuse_bigram_buckets(model_name: str) -> NoReturn:
+    """Exit 2: --bigram-buckets was given for a model that is not a new scratch model."""
     raise UsageError(f"--bigram-buckets sizes the bigram table of a new scratch model; {model_name} "
                      "already has its size (config.json's bigram_buckets, or none).",
                      hint="Leave out --bigram-buckets, or use --model scratch[:SIZE].")

@@ -243,3 +243,17 @@ def test_batch_size_auto_gives_small_files_enough_updates(tiny_model_dir, tmp_pa
         assert manifest["config"]["batch_size"] == batch and manifest["batch_size_source"] == source
         assert json.loads(stdout)["steps"] == -(-216 // batch)
         assert f"steps of {batch} ({source})" in stderr
+
+
+def test_auto_learning_rate_follows_the_model_width_and_two_labels(tiny_model_dir, tmp_path, cli):
+    from bertclf.model import pretrained_learning_rate
+
+    # A MiniLM-size (or smaller) pretrained model: 1e-4 for many labels, 5e-5 for two (see pretrained_learning_rate).
+    cases = (("topics", EXAMPLES / "en_topics.csv", 1e-4), ("binary", EXAMPLES / "zh_reviews.csv", 5e-5))
+    for name, data, expected in cases:
+        code, _, stderr = cli("train", data, "-m", tiny_model_dir, "-o", tmp_path / name, "--max-steps", "1", "--cpu")
+        assert code == 0, stderr
+        manifest = json.loads((tmp_path / name / "bertclf.json").read_text())
+        assert manifest["learning_rate"] == expected and manifest["learning_rate_source"] == "auto", name
+    assert pretrained_learning_rate(768) == pretrained_learning_rate(768, binary=True) == 5e-5
+    assert pretrained_learning_rate(1024) == 2e-5

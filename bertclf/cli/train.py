@@ -80,7 +80,8 @@ TrainBatchSizeOpt = Annotated[str, typer.Option("--batch-size", help="Examples p
                               "(small files, many labels).",
                               rich_help_panel=OPT_PANEL)]
 LrOpt = Annotated[str, typer.Option("--lr", help="Peak learning rate, or auto (by model size: 5e-5 for base "
-                  "BERTs, 1e-4 for MiniLM-size, 5e-4 for scratch models).", rich_help_panel=OPT_PANEL)]
+                  "BERTs, 1e-4 for MiniLM-size (5e-5 with two labels), 5e-4 for scratch models).",
+                  rich_help_panel=OPT_PANEL)]
 WeightDecayOpt = Annotated[float, typer.Option(help="AdamW weight decay.", rich_help_panel=OPT_PANEL)]
 WarmupRatioOpt = Annotated[float, typer.Option(help="Share of steps spent warming the learning rate up.",
                             rich_help_panel=OPT_PANEL)]
