@@ -127,10 +127,15 @@ def _no_revision(source: str, name: str, revision: str | None) -> None:
                          f" not to the {source} model {name!r}.")
 
 
+def is_auto_model(name: str) -> bool:
+    """--model auto: scratch or MiniLM, chosen from the training texts (choose_auto_model)."""
+    return name.strip().lower() == "auto"
+
+
 def resolve_model(name: str, train_texts: list[str] | None = None, revision: str | None = None) -> ResolvedModel:
     """Turn --model (and --revision) into something loadable, without loading any weights yet."""
     requested = name
-    if name.strip().lower() == "auto":
+    if is_auto_model(name):
         from bertclf.data import cjk_share
 
         name = choose_auto_model(cjk_share(train_texts or []))

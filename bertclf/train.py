@@ -359,12 +359,12 @@ def _refuse_bigram_buckets(model_name: str) -> NoReturn:
 def resolve_for_run(config, texts: list[str], run_dir: RunDirectory, accelerator):
     """Resolve --model (train's or pretrain's config) and say which. For a scratch model, a resumed run must
     hold its saved vocabulary; otherwise the main process readies the directory to build one straight into it."""
-    from bertclf.model import resolve_model
+    from bertclf.model import is_auto_model, resolve_model
     from bertclf.scratch import parse_scratch_name
 
     # --bigram-buckets only sizes a new scratch model: any other model is refused before it is resolved (a Hub
     # model would be downloaded first); `auto` is checked once it has become scratch or a pretrained model.
-    if config.bigram_buckets is not None and config.model.strip().lower() != "auto" \
+    if config.bigram_buckets is not None and not is_auto_model(config.model) \
             and parse_scratch_name(config.model) is None:
         _refuse_bigram_buckets(config.model)
     resolved = resolve_model(config.model, texts, revision=config.revision)
