@@ -9,7 +9,7 @@ at unchanged speed (71 samples/s either way); every 10 seconds it peaked at 1.4 
 glibc's mmap threshold instead (MALLOC_MMAP_THRESHOLD_=64K or 4M) held 0.9-1.0 GB but cost 23% of the speed.
 The other way, keeping freed memory in the heap (mallopt: the mmap threshold fixed at 32 MB, the trim threshold at
 1 GB, with and without these trims), cut a 1,000-row MiniLM fine-tuning's minor page faults from 4.7-5.2M to
-1.2-3.2M and its system time from 13-15 s to 6-11 s, but its training time (84-94 s against 87-94 s, bf16,
+1.2-3.2M and its system time from 13-15 s to 6-11 s, but its training time (84-91 s against 87-94 s, bf16,
 AVX512-BF16 VM, 2026-12-07) stayed within run-to-run noise, so it was not adopted.
 """
 
