@@ -185,28 +185,36 @@ class TrainConfig:
         return cls(**values)
 
 
-# --batch-size auto: batch 32 unless the run would then make too few optimizer updates: fewer than MIN_AUTO_UPDATES,
-# or than UPDATES_PER_LABEL for each label. Early in fine-tuning the number of updates matters more than their
-# size: on a 1,000-row English file (MiniLM, 3 epochs, lr 1e-4) batch 32 made 85 updates and reached test accuracy
-# 0.430, batch 16 0.489 and batch 8 0.501, and run_classification's Trainer (batch 8, 375 updates) 0.470.
+# --batch-size auto: batch 32 unless the run would then make too few optimizer updates: fewer than MIN_SCRATCH_UPDATES
+# (a from-scratch model; a pretrained one: MIN_PRETRAINED_UPDATES), or than UPDATES_PER_LABEL for each label. Early
+# in fine-tuning the number of updates matters more than their size: on a 1,000-row English file (MiniLM, 3 epochs,
+# lr 1e-4) batch 32 made 85 updates and reached test accuracy 0.430, batch 16 0.489 and batch 8 0.501, and
+# run_classification's Trainer (batch 8, 375 updates) 0.470.
 # With many labels the rare ones need more updates still, on whole files too (test accuracy / macro-F1):
 # en_wordnet_verbs (14 labels, 9,214 rows) 0.636 at batch 32 (864 updates), 0.659 at 16, 0.648 at 8, the Trainer
 # 0.655; zh_shopping_cats (10 labels, scratch:tiny, seeds 42; 7) 0.870 / 0.784; 0.867 / 0.805 at batch 32, 0.875 /
 # 0.856; 0.874 / 0.865 at 16. On binary zh_reviews batch 16 cost 0.7 points (0.848; 0.848 -> 0.840; 0.842), so the
 # bar grows with the labels rather than for every file.
+# A pretrained model fine-tuned at its small rate needs more updates than a from-scratch one at 1e-3: on the whole
+# zh_reviews file (MiniLM, 6,000 rows, lr 5e-5, fp32, 2 threads) dev accuracy first reached the Trainer's one-epoch
+# 0.637 after 209 s of training at batch 32 (562 updates in 3 epochs), 180 s at 16 (1,125) and 110 s at 8 (2,250),
+# the examples per second within 10% of each other (length-grouped batches). en_wordnet_verbs above keeps batch 16
+# (1,728 updates), so the bar for pretrained models sits between: MIN_PRETRAINED_UPDATES.
 AUTO_BATCH_SIZES = (32, 16, 8)
-MIN_AUTO_UPDATES = 300
+MIN_SCRATCH_UPDATES = 300
+MIN_PRETRAINED_UPDATES = 1_500
 UPDATES_PER_LABEL = 100
 
 
 def auto_batch_size(train_rows: int, epochs: float, *, labels: int, max_steps: int | None = None,
-                    processes: int = 1, grad_accum: int = 1) -> int:
+                    processes: int = 1, grad_accum: int = 1, from_scratch: bool = False) -> int:
     """Examples per batch and process for --batch-size auto: the largest of AUTO_BATCH_SIZES that still gives
-    MIN_AUTO_UPDATES, and UPDATES_PER_LABEL per label, optimizer updates over the run (the smallest when none
-    does). With --max-steps the number of updates is fixed, so the batch stays the largest."""
+    MIN_PRETRAINED_UPDATES (a from-scratch model: MIN_SCRATCH_UPDATES), and UPDATES_PER_LABEL per label, optimizer
+    updates over the run (the smallest when none does). With --max-steps the number of updates is fixed, so the
+    batch stays the largest."""
     if max_steps is not None:
         return AUTO_BATCH_SIZES[0]
-    needed = max(MIN_AUTO_UPDATES, UPDATES_PER_LABEL * labels)
+    needed = max(MIN_SCRATCH_UPDATES if from_scratch else MIN_PRETRAINED_UPDATES, UPDATES_PER_LABEL * labels)
     for size in AUTO_BATCH_SIZES:
         if train_rows * epochs / (size * processes * grad_accum) >= needed:
             return size

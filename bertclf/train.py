@@ -204,8 +204,20 @@ def resolve_batch_size(config: TrainConfig, data: TrainingData, processes: int) 
     if config.batch_size is not None:
         return config, "--batch-size"
     size = auto_batch_size(len(data.train_texts), config.epochs, labels=len(data.labels), max_steps=config.max_steps,
-                           processes=processes, grad_accum=config.grad_accum)
+                           processes=processes, grad_accum=config.grad_accum, from_scratch=from_scratch(config.model))
     return dataclasses.replace(config, batch_size=size), "auto"
+
+
+def from_scratch(model_name: str) -> bool:
+    """Does --model name a from-scratch model (scratch[:SIZE], or a `bertclf pretrain --model scratch` directory)?
+    Read from the name and the directory alone: the batch size is settled before any model is resolved."""
+    from bertclf.model import pretrained_from_scratch
+    from bertclf.scratch import parse_scratch_name
+
+    if parse_scratch_name(model_name) is not None:
+        return True
+    local = Path(model_name).expanduser()
+    return local.is_dir() and pretrained_from_scratch(local)
 
 
 def default_output_dir(train_file: Path) -> Path:

@@ -49,15 +49,24 @@ def test_batch_size_auto_keeps_enough_updates_on_small_files():
     assert parse_batch_size("auto") is None and parse_batch_size(" 16 ") == 16
     with pytest.raises(UsageError, match="--batch-size"):
         parse_batch_size("big")
-    # 3 epochs, 2 labels (300 updates): batch 32 from 3,200 rows, 16 from 1,600, else 8 (however few that gives)
-    assert auto_batch_size(10_000, 3, labels=2) == 32 and auto_batch_size(3_200, 3, labels=2) == 32
-    assert auto_batch_size(3_199, 3, labels=2) == 16 and auto_batch_size(1_600, 3, labels=2) == 16
-    assert auto_batch_size(900, 3, labels=2) == 8 and auto_batch_size(50, 3, labels=2) == 8
-    assert auto_batch_size(3_200, 6, labels=2) == 32 and auto_batch_size(3_200, 3, labels=2, processes=2) == 16
-    assert auto_batch_size(3_200, 3, labels=2, grad_accum=4) == 8  # updates, not rows
-    # 14 labels need 1,400 updates: en_wordnet_verbs' 9,214 training rows get batch 16 (1,728 updates)
-    assert auto_batch_size(9_214, 3, labels=14) == 16 and auto_batch_size(14_934, 3, labels=14) == 32
-    assert auto_batch_size(10_000, 3, labels=10) == 16 and auto_batch_size(6_000, 3, labels=2) == 32
+    # A pretrained model, 3 epochs, 2 labels (1,500 updates): batch 32 from 16,000 rows, 16 from 8,000, else 8
+    assert auto_batch_size(16_000, 3, labels=2) == 32 and auto_batch_size(15_999, 3, labels=2) == 16
+    assert auto_batch_size(8_000, 3, labels=2) == 16 and auto_batch_size(7_999, 3, labels=2) == 8
+    assert auto_batch_size(6_000, 3, labels=2) == 8 and auto_batch_size(50, 3, labels=2) == 8  # however few
+    assert auto_batch_size(16_000, 6, labels=2) == 32 and auto_batch_size(32_000, 3, labels=2, processes=2) == 32
+    assert auto_batch_size(16_000, 3, labels=2, processes=2) == 16
+    assert auto_batch_size(64_000, 3, labels=2, grad_accum=4) == 32  # updates, not rows
+    assert auto_batch_size(32_000, 3, labels=2, grad_accum=4) == 16
+    # A from-scratch model (rate 1e-3) needs 300: batch 32 from 3,200 rows, 16 from 1,600, else 8
+    scratch = {"labels": 2, "from_scratch": True}
+    assert auto_batch_size(3_200, 3, **scratch) == 32 and auto_batch_size(3_199, 3, **scratch) == 16
+    assert auto_batch_size(1_600, 3, **scratch) == 16 and auto_batch_size(900, 3, **scratch) == 8
+    assert auto_batch_size(6_000, 3, **scratch) == 32  # zh_reviews from scratch
+    # 14 labels need 1,400 updates either way: en_wordnet_verbs' 9,214 training rows get batch 16 (1,728 updates)
+    assert auto_batch_size(9_214, 3, labels=14) == 16
+    assert auto_batch_size(14_934, 3, labels=14, from_scratch=True) == 32
+    assert auto_batch_size(10_000, 3, labels=10) == 16
+    assert auto_batch_size(10_000, 3, labels=10, from_scratch=True) == 16
     assert auto_batch_size(100, 3, labels=14, max_steps=50) == 32  # --max-steps fixes the number of updates
 
 

@@ -245,6 +245,22 @@ def test_batch_size_auto_gives_small_files_enough_updates(tiny_model_dir, tmp_pa
         assert f"steps of {batch} ({source})" in stderr
 
 
+def test_batch_size_auto_knows_from_scratch_models_by_name_and_directory(tiny_model_dir, tmp_path):
+    """From-scratch models (300 updates) and pretrained ones (1,500) get different auto batches; the difference
+    is read before any model is resolved, from --model's name or a `bertclf pretrain` directory's manifest."""
+    from bertclf.train import from_scratch
+
+    scratch_pretrained = tmp_path / "pretrained-from-scratch"
+    scratch_pretrained.mkdir()
+    (scratch_pretrained / "pretrain.json").write_text(json.dumps({"model": {"source": "scratch"}}))
+    continued = tmp_path / "continued"
+    continued.mkdir()
+    (continued / "pretrain.json").write_text(json.dumps({"model": {"source": "local"}}))
+    assert from_scratch("scratch") and from_scratch("scratch:tiny") and from_scratch(str(scratch_pretrained))
+    assert not from_scratch(str(tiny_model_dir)) and not from_scratch(str(continued))
+    assert not from_scratch("all-MiniLM-L6-v2") and not from_scratch("org/name") and not from_scratch("auto")
+
+
 def test_auto_learning_rate_follows_the_model_width_and_two_labels(tiny_model_dir, tmp_path, cli):
     from bertclf.model import pretrained_learning_rate
 

@@ -76,8 +76,8 @@ MaxStepsOpt = Annotated[int | None, typer.Option(help="Stop after this many opti
                          rich_help_panel=OPT_PANEL)]
 BatchSizeOpt = Annotated[int, typer.Option(help="Examples per batch (per process).", rich_help_panel=OPT_PANEL)]
 TrainBatchSizeOpt = Annotated[str, typer.Option("--batch-size", help="Examples per batch (per process), or auto: 32, "
-                              "or 16 or 8 where 32 would give fewer than 300 optimizer updates, or 100 per label "
-                              "(small files, many labels).",
+                              "or 16 or 8 where 32 would give fewer than 1,500 optimizer updates (a from-scratch "
+                              "model: 300), or 100 per label.",
                               rich_help_panel=OPT_PANEL)]
 LrOpt = Annotated[str, typer.Option("--lr", help="Peak learning rate, or auto (by model size: 5e-5 for base "
                   "BERTs, 1e-4 for MiniLM-size (5e-5 with two labels), 5e-4 for scratch models).",
