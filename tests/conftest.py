@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import sys
 from pathlib import Path
@@ -41,6 +42,14 @@ def write_csv(path: Path, rows: list[tuple[str, str]], header=("text", "label"),
         writer = csv.writer(handle)
         writer.writerow(header)
         writer.writerows(rows)
+    return path
+
+
+def pretrain_dir(path: Path, source: str) -> Path:
+    """A directory that reads as `bertclf pretrain` output: just its pretrain.json, naming where the model began
+    (scratch, hub, local...). Enough for what is decided from the manifest alone (pooling, batch size, rate)."""
+    path.mkdir()
+    (path / "pretrain.json").write_text(json.dumps({"model": {"source": source}}))
     return path
 
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import EXAMPLES
+from conftest import EXAMPLES, pretrain_dir
 from transformers import BertConfig
 
 from bertclf.cls_only import supports_cls_only
@@ -41,12 +41,8 @@ def test_mean_pooling_leaves_padding_out_and_differs_from_cls():
 
 
 def test_auto_means_mean_only_for_a_model_pretrained_from_scratch(tmp_path):
-    pretrained = tmp_path / "pt"
-    pretrained.mkdir()
-    (pretrained / "pretrain.json").write_text(json.dumps({"model": {"source": "scratch"}}))
-    continued = tmp_path / "dapt"
-    continued.mkdir()
-    (continued / "pretrain.json").write_text(json.dumps({"model": {"source": "hub"}}))
+    pretrained = pretrain_dir(tmp_path / "pt", "scratch")
+    continued = pretrain_dir(tmp_path / "dapt", "hub")
     assert resolve_pooling("auto", "local", pretrained) == "mean"
     assert resolve_pooling("auto", "local", continued) == "cls"  # continued from a model whose [CLS] was trained
     assert resolve_pooling("auto", "scratch", None) == "cls"

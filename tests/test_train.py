@@ -4,7 +4,7 @@ import hashlib
 import json
 
 import pytest
-from conftest import EXAMPLES, run_bertclf, write_csv
+from conftest import EXAMPLES, pretrain_dir, run_bertclf, write_csv
 
 from bertclf.errors import EXIT_DATA, EXIT_NO_INPUT, EXIT_USAGE
 
@@ -250,12 +250,8 @@ def test_batch_size_auto_knows_from_scratch_models_by_name_and_directory(tiny_mo
     is read before any model is resolved, from --model's name or a `bertclf pretrain` directory's manifest."""
     from bertclf.train import from_scratch
 
-    scratch_pretrained = tmp_path / "pretrained-from-scratch"
-    scratch_pretrained.mkdir()
-    (scratch_pretrained / "pretrain.json").write_text(json.dumps({"model": {"source": "scratch"}}))
-    continued = tmp_path / "continued"
-    continued.mkdir()
-    (continued / "pretrain.json").write_text(json.dumps({"model": {"source": "local"}}))
+    scratch_pretrained = pretrain_dir(tmp_path / "pretrained-from-scratch", "scratch")
+    continued = pretrain_dir(tmp_path / "continued", "local")
     assert from_scratch("scratch") and from_scratch("scratch:tiny") and from_scratch(str(scratch_pretrained))
     assert not from_scratch(str(tiny_model_dir)) and not from_scratch(str(continued))
     assert not from_scratch("all-MiniLM-L6-v2") and not from_scratch("org/name") and not from_scratch("auto")
