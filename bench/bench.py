@@ -84,6 +84,7 @@ class Settings:
     tta_rows: int = 0
     tta_repeats: int = 3
     tta_evals_per_epoch: int = 10
+    tta_precision: str = "auto"  # bertclf's --mixed-precision in the tta section (auto: its default; no: fp32)
     defaults_rows: tuple[int, ...] = (1_000, 0)
     defaults_repeats: int = 1
     # an earlier results file whose defaults-section Trainer runs are reused (the Trainer does not run bertclf's
@@ -258,7 +259,7 @@ class Bench:
     def do_tta(self) -> dict:
         s = self.settings
         return {ds: tta.tta_dataset(self, ds, DATA / DATASETS[ds], s.tta_rows or None, s.tta_repeats,
-                                s.tta_evals_per_epoch)
+                                s.tta_evals_per_epoch, s.tta_precision)
                 for ds in s.train_datasets}
 
     def do_defaults(self) -> dict:
@@ -607,6 +608,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, help="repeats for train, predict and eval")
     parser.add_argument("--tta-rows", type=int, help="training rows for the tta section (default: the whole file)")
     parser.add_argument("--tta-evals", type=int, help="dev evaluations per epoch in the tta section (default 10)")
+    parser.add_argument("--tta-precision", choices=("auto", "no"), help="bertclf's --mixed-precision in the tta "
+                        "section: auto (default: bertclf's own default, bf16 on CPUs with native bf16, and the tuned "
+                        "Trainer in the same precision) or no (fp32 on every side)")
     parser.add_argument("--defaults-rows", help="comma-separated file sizes for the defaults section, 0 for the whole "
                         "file (default: 1000,0)")
     parser.add_argument("--defaults-trainer-from", type=Path, metavar="RESULTS_JSON",
@@ -642,6 +646,8 @@ def main() -> int:
         settings.tta_rows = args.tta_rows
     if args.tta_evals:
         settings.tta_evals_per_epoch = args.tta_evals
+    if args.tta_precision:
+        settings.tta_precision = args.tta_precision
     if args.defaults_rows:
         settings.defaults_rows = tuple(int(x) for x in args.defaults_rows.split(","))
     if args.defaults_trainer_from:

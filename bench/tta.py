@@ -3,10 +3,12 @@
   tta       each side trains for 3 epochs with its dev accuracy measured every tenth of an epoch (timed apart):
             the training-loop seconds until dev accuracy first reaches (1) the run_classification Trainer's
             accuracy after one epoch and (2) 95% of the best accuracy any side reaches; 3 repeats interleaved,
-            medians. Sides: bertclf with its defaults (fp32 on every side, so the loops are compared, not
-            bf16 against fp32), the Trainer as run_classification.py sets it up (its defaults: batch 8, lr 5e-5,
-            no warmup, pad to 128), and the tuned Trainer (dynamic padding, group_by_length, bertclf's batch size,
-            learning rate, warmup and weight decay).
+            medians. Sides: bertclf with its defaults, the Trainer as run_classification.py sets it up (its
+            defaults: batch 8, lr 5e-5, no warmup, pad to 128, fp32), and the tuned Trainer (dynamic padding,
+            group_by_length, bertclf's batch size, learning rate, warmup, weight decay and precision).
+            Precision (--tta-precision): `auto` runs bertclf at its own default (bf16 on a CPU with native bf16,
+            else fp32) and the tuned Trainer with --bf16 where bertclf trains in bf16, as a user of each gets;
+            `no` pins fp32 on every side, so the loops are compared, not bf16 against fp32.
   defaults  defaults against defaults, whole process, as a user runs them on a file of about 1,000 and 10,000
             rows: `bertclf train FILE --model M` against run_classification's Trainer (3 epochs, checkpoints
             every 500 steps, the final model saved); wall time and test accuracy.
@@ -103,9 +105,21 @@ def scored_on_test(bench, doc: dict, folder: Path) -> float:
     return report.json()["metrics"]["accuracy"]
 
 
-def tta_dataset(bench, ds: str, folder: Path, rows: int | None, repeats: int, evals_per_epoch: int = 10) -> dict:
-    """`bench` is bench.Bench: it runs the commands (fresh processes, offline, same threads) and holds the rows."""
+def training_precision(requested: str) -> str:
+    """What `bertclf train --mixed-precision REQUESTED --cpu` trains in on this machine: bf16 or no (fp32)."""
+    from bertclf.precision import native_bf16
+
+    if requested == "auto":
+        return "bf16" if native_bf16("cpu") else "no"
+    return requested
+
+
+def tta_dataset(bench, ds: str, folder: Path, rows: int | None, repeats: int, evals_per_epoch: int = 10,
+                precision: str = "auto") -> dict:
+    """`bench` is bench.Bench: it runs the commands (fresh processes, offline, same threads) and holds the rows.
+    `precision` is bertclf's --mixed-precision (auto: its default); the tuned Trainer trains in what it resolves to."""
     Row, MODEL = bench.Row, bench.MODEL
+    resolved = training_precision(precision)
     train = first_rows(folder / "train.csv", rows, bench.work / f"tta-{ds}-{rows}.csv")
     labels = read_labels(train)
     n = len(labels)
@@ -117,11 +131,13 @@ def tta_dataset(bench, ds: str, folder: Path, rows: int | None, repeats: int, ev
     commands = {
         "bertclf defaults": bench.bertclf(
             "train", train, "--validation", folder / "dev.csv", "--model", MODEL, "--cpu", "--json",
-            "--mixed-precision", "no", "--eval-every", every["bertclf defaults"], "-o", out / "bertclf", "--overwrite"),
+            "--mixed-precision", precision, "--eval-every", every["bertclf defaults"], "-o", out / "bertclf",
+            "--overwrite"),
         TRAINER_SIDE: trainer_defaults_cmd(bench, folder, train, out, "--eval-every", every[TRAINER_SIDE]),
         "Trainer tuned": bench.hf_curve_cmd(
             folder, train, out / "hf", "--config", "tuned", "--batch-size", ours["batch_size"], "--lr", ours["lr"],
-            "--warmup", ours["warmup"], "--weight-decay", ours["weight_decay"], "--eval-every", every["Trainer tuned"]),
+            "--warmup", ours["warmup"], "--weight-decay", ours["weight_decay"], "--eval-every", every["Trainer tuned"],
+            *(["--bf16"] if resolved == "bf16" else [])),
     }
     runs: dict[str, list[dict]] = {name: [] for name in SIDES}
     for repeat, name in interleaved(list(SIDES), repeats):
@@ -131,10 +147,14 @@ def tta_dataset(bench, ds: str, folder: Path, rows: int | None, repeats: int, ev
         if name == "bertclf defaults":
             manifest = json.loads((Path(doc["run_dir"]) / "bertclf.json").read_text(encoding="utf-8"))
             batch = manifest["config"]["batch_size"]
+            if manifest["mixed_precision"] != resolved:  # the tuned Trainer would compute in another precision
+                raise SystemExit(f"bertclf trained in {manifest['mixed_precision']}, the bench expected {resolved}")
             record = {"curve": bertclf_curve(Path(doc["run_dir"]), batch), "batch_size": batch,
-                      "learning_rate": manifest["learning_rate"], "test_accuracy": scored_on_test(bench, doc, folder)}
+                      "learning_rate": manifest["learning_rate"], "precision": resolved,
+                      "test_accuracy": scored_on_test(bench, doc, folder)}
         else:
-            record = {"curve": doc["curve"], "batch_size": doc["batch_size"], "test_accuracy": doc["test_accuracy"]}
+            record = {"curve": doc["curve"], "batch_size": doc["batch_size"], "test_accuracy": doc["test_accuracy"],
+                      "precision": "bf16" if doc.get("bf16") else "no"}
         runs[name].append({**record, **result.brief()})
 
     epoch_target = summary([accuracy_after(r["curve"], n) for r in runs[TRAINER_SIDE]])
@@ -157,6 +177,7 @@ def tta_dataset(bench, ds: str, folder: Path, rows: int | None, repeats: int, ev
                                   fig["min"], fig["max"], ratio, figures[name]["test_accuracy"]["median"],
                                   note=reached or f"final dev {figures[name]['final_dev_accuracy']['median']:.3f}"))
     return {"rows": n, "train_file": str(train), "epochs": EPOCHS, "evals_every": every, "bertclf": ours,
+            "precision": {"requested": precision, "bertclf and tuned Trainer": resolved, TRAINER_SIDE: "no"},
             "targets": targets, "variants": figures, "ratios_trainer_seconds_over_bertclf": ratios, "runs": runs}
 
 
