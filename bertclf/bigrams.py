@@ -48,20 +48,20 @@ HASH_PRIME = 2_147_483_647  # 2^31 - 1: a value below it times a multiplier belo
 HASH_MULTIPLIERS = (1_103_515_245, 21_638_832)
 
 
-def _config_value(config, key: str, default=None):
+def config_value(config, key: str, default=None):
     """A field of a model config, given as the config object or as config.json's dict."""
     return config.get(key, default) if isinstance(config, dict) else getattr(config, key, default)
 
 
 def buckets_of(config) -> int:
     """The bigram table's size from a model config (object or config.json's dict); 0: no bigram table."""
-    value = _config_value(config, CONFIG_KEY)
+    value = config_value(config, CONFIG_KEY)
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def hash_version_of(config) -> int | None:
     """The bucket hash a config names (1 where it has a table and no `bigram_hash`); None: not a known version."""
-    value = _config_value(config, HASH_KEY, LEGACY_HASH_VERSION)
+    value = config_value(config, HASH_KEY, LEGACY_HASH_VERSION)
     return value if value in HASH_VERSIONS and not isinstance(value, bool) else None
 
 

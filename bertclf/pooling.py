@@ -35,8 +35,9 @@ def resolve_pooling(requested: str, source: str, path: Path | None) -> str:
 
 def pooling_of(config) -> str:
     """cls or mean, from a model config (object or config.json's dict); configs without the key: cls."""
-    value = config.get(CONFIG_KEY) if isinstance(config, dict) else getattr(config, CONFIG_KEY, None)
-    return value or "cls"
+    from bertclf.bigrams import config_value
+
+    return config_value(config, CONFIG_KEY) or "cls"
 
 
 def set_pooling(config, pooling: str) -> None:
