@@ -105,21 +105,14 @@ def scored_on_test(bench, doc: dict, folder: Path) -> float:
     return report.json()["metrics"]["accuracy"]
 
 
-def training_precision(requested: str) -> str:
-    """What `bertclf train --mixed-precision REQUESTED --cpu` trains in on this machine: bf16 or no (fp32)."""
-    from bertclf.precision import native_bf16
-
-    if requested == "auto":
-        return "bf16" if native_bf16("cpu") else "no"
-    return requested
-
-
 def tta_dataset(bench, ds: str, folder: Path, rows: int | None, repeats: int, evals_per_epoch: int = 10,
                 precision: str = "auto") -> dict:
     """`bench` is bench.Bench: it runs the commands (fresh processes, offline, same threads) and holds the rows.
     `precision` is bertclf's --mixed-precision (auto: its default); the tuned Trainer trains in what it resolves to."""
     Row, MODEL = bench.Row, bench.MODEL
-    resolved = training_precision(precision)
+    from bertclf.train import resolve_mixed_precision
+
+    resolved = resolve_mixed_precision(precision, use_cpu=True)  # what `bertclf train --cpu` will train in
     train = first_rows(folder / "train.csv", rows, bench.work / f"tta-{ds}-{rows}.csv")
     labels = read_labels(train)
     n = len(labels)
