@@ -109,9 +109,9 @@ def tta_dataset(bench, ds: str, folder: Path, rows: int | None, repeats: int, ev
                 precision: str = "auto") -> dict:
     """`bench` is bench.Bench: it runs the commands (fresh processes, offline, same threads) and holds the rows.
     `precision` is bertclf's --mixed-precision (auto: its default); the tuned Trainer trains in what it resolves to."""
-    Row, MODEL = bench.Row, bench.MODEL
     from bertclf.train import resolve_mixed_precision
 
+    Row, MODEL = bench.Row, bench.MODEL
     resolved = resolve_mixed_precision(precision, use_cpu=True)  # what `bertclf train --cpu` will train in
     train = first_rows(folder / "train.csv", rows, bench.work / f"tta-{ds}-{rows}.csv")
     labels = read_labels(train)
