@@ -303,9 +303,13 @@ def build_run(config: TrainConfig, data: TrainingData, run_dir: RunDirectory, ac
 
     from bertclf.bigrams import buckets_of
     from bertclf.pooling import pooling_of
+    from bertclf.used_rows import train_used_rows_only
 
     output = run_dir.path
     built = _load_model(config, data, run_dir, accelerator)
+    # Before the optimizer is built: it holds the used rows only (bertclf.used_rows).
+    embedding_rows = train_used_rows_only(built.model, built.train_encoded.input_ids,
+                                          built.tokenizer.all_special_ids, accelerator.num_processes)
     run, compiled = _build_loop_parts(config, data, built, output, accelerator)
     manifest = runinfo.train_manifest(
         config, data=data, spec=built.spec, model=built.resolved.describe(), lr=built.lr,
@@ -313,6 +317,7 @@ def build_run(config: TrainConfig, data: TrainingData, run_dir: RunDirectory, ac
         threads=torch.get_num_threads(), encoded={"train": built.train_encoded, "validation": built.val_encoded},
         loss_weights=data.loss_weights, steps={"total": run.total_steps, "per_epoch": run.steps_per_epoch})
     manifest["compile"] = compiled.to_dict()
+    manifest["embedding_rows"] = embedding_rows
     manifest["batch_size_source"] = batch_size_source
     # Both also in config.json; the start line and the model card read them here.
     manifest["pooling"] = pooling_of(built.model.config)
@@ -481,8 +486,10 @@ def _compile_training(run: TrainingRun, forward, train_dataset, collate) -> comp
 
 def _report_start(config: TrainConfig, data: TrainingData, built: LoadedModel, run: TrainingRun, manifest: dict,
                   mixed_precision: str) -> None:
+    from bertclf.used_rows import parameter_count
+
     accelerator = run.accelerator
-    n_params = sum(p.numel() for p in run.model.parameters())
+    n_params = parameter_count(run.model)
     processes = f" x {accelerator.num_processes} processes" if accelerator.num_processes > 1 else ""
     console.info(
         f"Training on {len(data.train_texts)} rows, validating on {len(data.val_texts)}; {len(data.labels)} labels; "
