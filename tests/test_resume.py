@@ -265,3 +265,37 @@ def test_resume_from_weights_that_do_not_fit_the_model_is_refused(tmp_path, cli,
     code, _, stderr = cli(*args, "--resume", "latest")
     assert code == EXIT_USAGE and "--resume" in stderr and "do not fit" in stderr
     assert "Traceback" not in stderr
+
+
+def test_resume_from_an_optimizer_state_of_the_whole_embedding_matrix_is_refused(tmp_path, cli, tiny_model_dir,
+                                                                                  monkeypatch):
+    """A checkpoint written before bertclf.used_rows holds AdamW moments for every word-embedding row, where
+    today's optimizer trains only the used rows: refused before the first step (without the check the run went
+    on, exit 0, its fused step reading moments of the wrong shape), a usage error naming --resume."""
+    import torch
+
+    out = tmp_path / "run"
+    args = ["train", EXAMPLES / "en_topics.csv", "-m", tiny_model_dir, "--max-steps", "6", "--save-every", "3",
+            "--cpu", "-o", out]
+    monkeypatch.setenv("BERTCLF_STOP_AFTER_STEP", "3")
+    assert cli(*args)[0] == EXIT_SIGTERM
+    monkeypatch.delenv("BERTCLF_STOP_AFTER_STEP")
+    rows = json.loads((out / "bertclf.json").read_text())["embedding_rows"]
+    assert rows["trained"] < rows["of"]
+    optimizer_file = out / "checkpoints" / "step-3" / "optimizer.pt"
+    saved = torch.load(optimizer_file, weights_only=True)
+    widened = 0
+    for state in saved["optimizer"]["state"].values():
+        if state["exp_avg"].shape[0] == rows["trained"]:  # the used rows' moments, made the whole matrix's
+            for key in ("exp_avg", "exp_avg_sq"):
+                state[key] = torch.zeros(rows["of"], *state[key].shape[1:])
+            widened += 1
+    assert widened == 1
+    torch.save(saved, optimizer_file)
+    state_file = optimizer_file.parent / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    state["sha256"]["optimizer.pt"] = _sha(optimizer_file)
+    state_file.write_text(json.dumps(state))
+    code, _, stderr = cli(*args, "--resume", "latest")
+    assert code == EXIT_USAGE and "--resume" in stderr and "optimizer state" in stderr
+    assert "Traceback" not in stderr
