@@ -11,7 +11,7 @@ is (both moments stay zero) except for weight decay's tiny pull toward zero, and
 exactly as they would in the dense matrix (AdamW treats every element on its own; the zero rows add nothing to
 the gradient norm that clipping reads). So training only the used rows follows the dense run's trajectory on
 every text of the training file, and differs from it only in not decaying the unused rows (at lr 5e-5 and weight
-decay 0.01, by about 2e-7 of their size a step).
+decay 0.01, by 5e-7 of their size a step at most).
 
 `UsedRowsEmbedding` takes the place of `bert.embeddings.word_embeddings` for the training loop: the used rows
 are a parameter of their own, the rest a frozen buffer; a token outside the used set (a validation text's)
