@@ -47,8 +47,10 @@ def train_used_rows_only(model, input_ids: list[list[int]], special_ids: list[in
 
     embedding = model.get_input_embeddings()
     vocabulary = embedding.num_embeddings
+    if processes > 1 or type(embedding) is not nn.Embedding:
+        return {"trained": vocabulary, "of": vocabulary}
     used = [i for i in used_token_ids(input_ids, special_ids) if 0 <= i < vocabulary]
-    if processes > 1 or type(embedding) is not nn.Embedding or len(used) > (1 - MIN_UNUSED_SHARE) * vocabulary:
+    if len(used) > (1 - MIN_UNUSED_SHARE) * vocabulary:
         return {"trained": vocabulary, "of": vocabulary}
     model.set_input_embeddings(_module_class()(embedding, used))
     return {"trained": len(used), "of": vocabulary}
@@ -58,7 +60,7 @@ def parameter_count(model) -> int:
     """The model's parameters, the frozen embedding rows of a `UsedRowsEmbedding` included."""
     count = sum(p.numel() for p in model.parameters())
     for module in model.modules():
-        if type(module).__name__ == "UsedRowsEmbedding":
+        if isinstance(module, _module_class()):
             count += module.frozen.numel() - module.rows.numel()
     return count
 
@@ -85,9 +87,8 @@ def _module_class():
             self.register_buffer("frozen", weight, persistent=False)  # the old parameter's storage, not a copy
             self.rows = nn.Parameter(weight[used_ids].clone())
             # The padding token's row gets no gradient, as in nn.Embedding(padding_idx=...).
-            self.padding_row = int(row_of[self.padding_idx]) if self.padding_idx is not None else None
-            if self.padding_row is not None and self.padding_row < 0:
-                self.padding_row = None
+            padding_row = -1 if self.padding_idx is None else int(row_of[self.padding_idx])
+            self.padding_row = padding_row if padding_row >= 0 else None
 
         @property
         def weight(self):
@@ -121,7 +122,7 @@ def _module_class():
                 return
             with torch.no_grad():
                 self.frozen.copy_(weight)
-                self.rows.copy_(weight.to(self.frozen.device)[self.used_ids])
+                self.rows.copy_(self.frozen[self.used_ids])
 
         def extra_repr(self) -> str:
             return f"{self.num_embeddings}, {self.embedding_dim}, training {len(self.used_ids)} rows"
