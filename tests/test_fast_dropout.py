@@ -10,7 +10,7 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 from bertclf.cls_only import supports_cls_only
-from bertclf.fast_dropout import ATTENTION, keep_mask, masked_dropout, use_fast_dropout
+from bertclf.fast_dropout import ATTENTION, keep_mask, masked_dropout, scaled_keep_mask, use_fast_dropout
 
 
 def _model(seed=0, **overrides) -> BertForSequenceClassification:
@@ -36,6 +36,9 @@ def test_masks_are_bernoulli_with_the_dropout_probability_and_keep_the_expectati
     share = keep.float().mean().item()
     assert abs(share - 0.9) < 0.002  # 10^6 draws: the standard error is 0.0003
     assert scale == pytest.approx(1 / 0.9, rel=1e-4)
+    torch.manual_seed(0)
+    scaled = scaled_keep_mask((1000, 1000), 0.1)  # float32 activations: the same draws, the scale folded in
+    assert scaled.dtype == torch.float32 and torch.equal(scaled, keep.float() * scale)
     x = torch.randn(1000, 1000, dtype=torch.bfloat16)
     torch.manual_seed(0)
     y = masked_dropout(x, 0.1)
