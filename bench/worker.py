@@ -116,7 +116,15 @@ def cmd_prep(args) -> None:
 
     result = {"threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
               "peak": {}, "datasets": {}}
+    from bertclf.precision import cpu_has_native_bf16
+
     for dtype in ("float32", "bfloat16"):
+        if dtype == "bfloat16" and not cpu_has_native_bf16():
+            # Emulated bf16 runs at about 1 GFLOP/s (AVX2-only EPYC, 2026-12-07): the three sizes took over 9
+            # minutes and measured no ceiling worth having. bertclf's `auto` trains in fp32 on such a CPU.
+            result["peak"][dtype] = None
+            result["peak"][f"{dtype}_skipped"] = "no native bf16 on this CPU"
+            continue
         try:
             # The best of several sizes: on this VM a single size varies by 10% from one moment to the next,
             # and a ceiling set low would flatter every MFU measured against it.
