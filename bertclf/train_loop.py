@@ -206,6 +206,7 @@ class TrainingLoop:
         # of steps since the last train_log line (for its samples per second).
         self.tick = self.window_start = time.perf_counter()
         self.window_samples = 0
+        memory.keep_freed_memory()  # fewer page faults a step (bertclf.memory)
         self.trimmer = memory.Trimmer()
         self.progress = console.make_progress() if run.is_main else None
         self.task = None
@@ -273,7 +274,7 @@ class TrainingLoop:
 
     def _after_optimizer_step(self) -> None:
         run, state, config = self.run, self.state, self.run.config
-        self.trimmer.maybe_trim()  # else the C heap fragments and grows by gigabytes (see bertclf.memory)
+        self.trimmer.maybe_trim()  # else the kept heap fragments and grows by gigabytes (bertclf.memory)
         if state.step % config.log_every == 0 or state.step == run.total_steps:
             self._log_train_window()
         if self.progress:
