@@ -75,8 +75,9 @@ def test_where_the_size_cannot_be_read_the_trimmer_trims_every_interval(monkeypa
     assert calls == [110.0, 121.0]
 
 
-def test_training_trims_between_steps(monkeypatch, tiny_model_dir, tmp_path, cli):
-    calls = []
+def test_training_keeps_the_heap_and_trims_between_steps(monkeypatch, tiny_model_dir, tmp_path, cli):
+    calls, kept = [], []
+    monkeypatch.setattr(memory, "keep_freed_memory", lambda: kept.append(1) or True)
     monkeypatch.setattr(memory, "TRIM_SECONDS", 0.0)
     monkeypatch.setattr(memory, "resident_bytes", lambda: None)  # unknown size: a trim at every look
     monkeypatch.setattr(memory, "release_free_memory", lambda: calls.append(1) or True)
@@ -84,3 +85,4 @@ def test_training_trims_between_steps(monkeypatch, tiny_model_dir, tmp_path, cli
                           "--max-steps", "4", "--batch-size", "8", "--cpu")
     assert code == 0, stderr
     assert len(calls) == 4  # once after every optimizer step when the interval is 0
+    assert kept == [1]  # the heap settings, once per run
