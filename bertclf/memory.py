@@ -83,8 +83,8 @@ def resident_bytes() -> int | None:
 
 class Trimmer:
     """Every TRIM_SECONDS (the training loop asks after every step) looks at the resident size and calls
-    release_free_memory if it grew by TRIM_GROWTH since the last trim; where the size cannot be read, trims
-    every time."""
+    release_free_memory if it grew by more than `allowance()` since the last trim (or the first look); where the
+    size cannot be read, trims at every look."""
 
     def __init__(self, interval: float | None = None):
         self.interval = TRIM_SECONDS if interval is None else interval
@@ -97,11 +97,15 @@ class Trimmer:
             return False
         self.last = now
         size = resident_bytes()
-        if size is not None and self.baseline is None:
-            self.baseline = size
-            return False
-        if size is not None and size <= self.baseline + max(TRIM_GROWTH_BYTES, TRIM_GROWTH_FRACTION * self.baseline):
-            return False
+        if size is not None:
+            if self.baseline is None:
+                self.baseline = size
+            if size <= self.baseline + self.allowance():
+                return False
         trimmed = release_free_memory()
         self.baseline = resident_bytes()
         return trimmed
+
+    def allowance(self) -> float:
+        """Growth over the baseline that triggers a trim: TRIM_GROWTH_FRACTION of it, at least TRIM_GROWTH_BYTES."""
+        return max(TRIM_GROWTH_BYTES, TRIM_GROWTH_FRACTION * self.baseline)

@@ -64,7 +64,7 @@ def _run_trimmer(monkeypatch, sizes: dict[float, int | None]) -> list[float]:
 def test_the_trimmer_trims_only_when_the_process_has_grown(monkeypatch):
     gib = 2**30
     # first look at 110 s (1 GB: the baseline); 1.2 GB is within 25% of it; 1.3 GB is not; after the trim the
-    # baseline is 1 GB again; 109.9 s and 125 s come too soon after the previous look.
+    # baseline is 1 GB again; 105 s and 125 s come too soon after the previous look (or the start, 100 s).
     calls = _run_trimmer(monkeypatch, {105.0: 5 * gib, 110.0: gib, 120.0: int(1.2 * gib), 125.0: 9 * gib,
                                        130.0: int(1.3 * gib), 140.0: int(1.2 * gib), 150.0: 2 * gib})
     assert calls == [130.0, 150.0]
